@@ -1,0 +1,75 @@
+"""The DDPM training objective: predict the noise that made x_t (Ho et al. 2020, Algorithm 1).
+
+    t ~ Uniform{0, ..., T-1},  eps ~ N(0, I),  x_t = sqrt(a-bar_t) x0 + sqrt(1 - a-bar_t) eps
+    loss = || eps - eps_theta(x_t, t) ||^2          ("simple" loss, DDPM eq. 14)
+
+MSE is the default; L1 is an option (one of the student reports trained with it).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_choice, check_float, check_image_batch, check_labels
+from .guidance import model_num_classes, null_label
+from .schedules import NoiseSchedule
+
+LOSS_TYPES = ("mse", "l1")
+
+
+class NoisedBatch(NamedTuple):
+    """A training example of the forward process: x_t, the t it came from, and its noise."""
+
+    x_t: torch.Tensor    # (B, C, H, W)
+    t: torch.Tensor      # long (B,)
+    noise: torch.Tensor  # (B, C, H, W), standard normal
+
+
+def sample_timesteps(batch_size: int, T: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """t ~ Uniform{0, ..., T - 1}: a long tensor (batch_size,) on ``device``."""
+    return torch.randint(0, T, (batch_size,), device=device, generator=generator)
+
+
+def noise_batch(schedule: NoiseSchedule, x0: torch.Tensor, generator: torch.Generator | None = None) -> NoisedBatch:
+    """Draw t and eps for every image of x0 (B, C, H, W) and noise it with q(x_t | x_0)."""
+    t = sample_timesteps(x0.shape[0], schedule.T, x0.device, generator)
+    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    return NoisedBatch(schedule.add_noise(x0, noise, t), t, noise)
+
+
+def drop_labels(labels: torch.Tensor, p_uncond: float, null_label: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each label by the "no label" index with probability ``p_uncond`` (label dropout)."""
+    if p_uncond <= 0:
+        return labels
+    drop = torch.rand(labels.shape, device=labels.device, generator=generator) < p_uncond
+    return torch.where(drop, torch.full_like(labels, null_label), labels)
+
+
+def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, labels: torch.Tensor | None = None, *,
+                   loss_type: str = "mse", p_uncond: float = 0.0,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """The epsilon-prediction loss on one batch (a scalar tensor).
+
+    x0: (B, C, H, W) in [-1, 1]; labels: long (B,) for a conditional model, else None;
+    p_uncond: probability of replacing a label by "no label" (for classifier-free guidance).
+    """
+    check_image_batch("x0", x0)
+    check_choice("loss_type", loss_type, LOSS_TYPES)
+    check_float("p_uncond", p_uncond, minimum=0.0, maximum=1.0)
+    batch = noise_batch(schedule, x0, generator)
+    if labels is None:
+        eps = model(batch.x_t, batch.t)
+    else:
+        check_labels("labels", labels, x0.shape[0], model_num_classes(model), allow_null=True,
+                     values=labels.device.type == "cpu")
+        if p_uncond > 0:
+            labels = drop_labels(labels, p_uncond, null_label(model), generator)
+        eps = model(batch.x_t, batch.t, labels)
+    eps = eps.float()
+    if loss_type == "mse":
+        return F.mse_loss(eps, batch.noise.float())
+    return F.l1_loss(eps, batch.noise.float())
