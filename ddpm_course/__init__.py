@@ -1,0 +1,45 @@
+"""ddpm_course: a small, tested DDPM library for the course's notebooks.
+
+Everything in the public API (see docs) is importable from here:
+
+    from ddpm_course import NoiseSchedule, UNet, UNetConfig, sample_ddpm, sample_ddim, train
+"""
+
+__version__ = "0.1.0"
+
+from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from .config import PROFILES, TrainConfig, default_profile_name, get_profile
+from .data import (
+    DeviceBatches,
+    TensorImageDataset,
+    load_dataset,
+    load_fashion_mnist,
+    load_image_folder,
+    load_mnist,
+)
+from .ema import EMA
+from .guidance import guidance_combine, predict_noise
+from .losses import diffusion_loss, noise_batch
+from .sampling import (
+    StepOutput,
+    ddim_step,
+    ddim_timesteps,
+    ddpm_step,
+    predict_x0,
+    sample_ddim,
+    sample_ddpm,
+)
+from .schedules import NoiseSchedule
+from .training import TrainingDiverged, resolve_device, train
+from .unet import UNet, UNetConfig, sinusoidal_embedding
+from .visualize import ProcessRecorder, process_grid, save_gif, save_grid, show_images
+
+__all__ = [
+    "Checkpoint", "DeviceBatches", "EMA", "NoiseSchedule", "PROFILES", "ProcessRecorder",
+    "StepOutput", "TensorImageDataset", "TrainConfig", "TrainingDiverged", "UNet", "UNetConfig",
+    "ddim_step", "ddim_timesteps", "ddpm_step", "default_profile_name", "diffusion_loss",
+    "get_profile", "guidance_combine", "load_checkpoint", "load_dataset", "load_fashion_mnist",
+    "load_image_folder", "load_mnist", "noise_batch", "predict_noise", "predict_x0",
+    "process_grid", "resolve_device", "sample_ddim", "sample_ddpm", "save_checkpoint", "save_gif",
+    "save_grid", "show_images", "sinusoidal_embedding", "train",
+]

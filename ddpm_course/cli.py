@@ -1,0 +1,258 @@
+"""Command line: ``python -m ddpm_course train|sample|export|demo`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoints import load_checkpoint
+from .config import PROFILES, TrainConfig, default_profile_name, get_profile
+from .sampling import sample_ddim, sample_ddpm
+from .training import resolve_device, train
+from .visualize import ProcessRecorder, save_gif, save_grid
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+# ----------------------------------------------------------------------------- helpers
+def parse_override(text: str) -> tuple:
+    """``"key=value"`` -> (key, value); the value is a Python literal when it parses as one."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE (e.g. model.base_channels=48), got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(config: TrainConfig, pairs: list) -> TrainConfig:
+    """Apply ``[(key, value)]`` overrides; ``model.X`` keys change the UNetConfig."""
+    top, model = {}, {}
+    for key, value in pairs:
+        if key.startswith("model."):
+            model[key[len("model."):]] = value
+        else:
+            top[key] = value
+    known = set(TrainConfig.__dataclass_fields__)
+    unknown = sorted(set(top) - known)
+    if unknown:
+        raise SystemExit(f"error: unknown config keys {unknown}; known: {sorted(known)}")
+    if model:
+        top["model"] = model
+    try:
+        return config.replace(**top).validate()
+    except TypeError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def parse_labels(text: str | None, n: int, num_classes: int | None):
+    """``--labels``: None -> every class in turn for a conditional model; "none" -> no label;
+    "all" -> 0..num_classes-1 repeated; "3" or "0,1,2" -> those, repeated to fill n."""
+    if num_classes is None:
+        if text not in (None, "none"):
+            raise SystemExit("error: --labels given, but this checkpoint's model is unconditional")
+        return None
+    if text == "none":
+        return None
+    if text in (None, "all"):
+        return torch.arange(n) % num_classes
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise SystemExit(f"error: --labels must be 'all', 'none' or integers like 0,1,2; got {text!r}") from None
+    bad = [v for v in values if not 0 <= v < num_classes]
+    if not values or bad:
+        raise SystemExit(f"error: --labels must lie in 0..{num_classes - 1}, got {text!r}")
+    return torch.tensor(values * (n // len(values) + 1))[:n]
+
+
+def generate(ckpt, n: int, *, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
+             labels=None, guidance: float = 1.0, seed: int = 0, use_ema: bool = True,
+             callback=None, progress: bool = True) -> torch.Tensor:
+    """Draw ``n`` samples from a loaded checkpoint with the chosen sampler; (n, C, H, W) in [-1, 1]."""
+    model = ckpt.ema_model if use_ema else ckpt.model
+    device = next(model.parameters()).device
+    cfg = ckpt.config.model
+    shape = (n, cfg.image_channels, cfg.image_size, cfg.image_size)
+    gen = torch.Generator(device).manual_seed(seed)
+    labels = labels.to(device) if isinstance(labels, torch.Tensor) else labels
+    common = dict(labels=labels, guidance_scale=guidance, generator=gen, callback=callback, progress=progress)
+    if sampler == "ddpm":
+        return sample_ddpm(model, ckpt.schedule, shape, **common)
+    return sample_ddim(model, ckpt.schedule, shape, steps=steps or min(50, ckpt.schedule.T), eta=eta, **common)
+
+
+def _num_sampler_steps(sampler: str, steps: int | None, T: int) -> int:
+    return T if sampler == "ddpm" else (steps or min(50, T))
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, default_n: int) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by 'train'")
+    p.add_argument("--n", type=int, default=default_n, help="number of images (default %(default)s)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default %(default)s")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50; DDPM always uses T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 like DDPM")
+    p.add_argument("--labels", default=None,
+                   help="conditional models: 'all' (default: every digit in turn), 'none', or e.g. '3' or '0,1,2'")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale w (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-ema", action="store_true", help="sample with the raw weights, not the EMA")
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_train(args) -> int:
+    config = get_profile(args.profile)
+    pairs = list(args.set or [])
+    for flag, key in (("max_steps", "max_steps"), ("batch_size", "batch_size"), ("lr", "lr"),
+                      ("seed", "seed"), ("subset", "subset"), ("dataset", "dataset"),
+                      ("data_root", "data_root"), ("device", "device"), ("split", "split"),
+                      ("checkpoint_every", "checkpoint_every")):
+        value = getattr(args, flag)
+        if value is not None:
+            pairs.append((key, value))
+    pairs.append(("out_dir", args.out or config.out_dir))
+    config = apply_overrides(config, pairs)
+    print(f"Profile {args.profile}: {config.max_steps} steps of {config.batch_size} images -> {config.out_dir}")
+    path = train(config, resume=not args.no_resume, progress=not args.no_progress)
+    print(f"Checkpoint: {path}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device)
+    labels = parse_labels(args.labels, args.n, ckpt.num_classes)
+    recorder = None
+    if args.gif:
+        recorder = ProcessRecorder(_num_sampler_steps(args.sampler, args.steps, ckpt.schedule.T),
+                                   num_frames=args.gif_frames, kind="x0" if args.gif_x0 else "x_t")
+    start = time.perf_counter()
+    x = generate(ckpt, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, labels=labels,
+                 guidance=args.guidance, seed=args.seed, use_ema=not args.no_ema, callback=recorder)
+    nrow = ckpt.num_classes if labels is not None and args.labels in (None, "all") else 8
+    print(f"Sampled {args.n} images with {args.sampler} in {time.perf_counter() - start:.1f}s")
+    print(f"Grid: {save_grid(x, args.out, nrow=nrow)}")
+    if recorder is not None:
+        print(f"GIF: {save_gif(recorder.finish(x), args.gif, nrow=nrow)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import imageio.v3 as iio
+
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = parse_labels(args.labels, args.n, ckpt.num_classes)
+    start, written = time.perf_counter(), 0
+    rows = []
+    for first in range(0, args.n, args.batch_size):
+        n = min(args.batch_size, args.n - first)
+        batch_labels = labels[first:first + n] if labels is not None else None
+        x = generate(ckpt, n, sampler=args.sampler, steps=args.steps, eta=args.eta, labels=batch_labels,
+                     guidance=args.guidance, seed=args.seed + first, use_ema=not args.no_ema, progress=False)
+        pixels = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        for i in range(n):
+            name = f"{first + i:05d}.png"
+            iio.imwrite(out / name, pixels[i, 0].numpy() if pixels.shape[1] == 1 else pixels[i].permute(1, 2, 0).numpy())
+            rows.append(f"{name},{int(batch_labels[i])}" if batch_labels is not None else name)
+        written += n
+        print(f"{written}/{args.n} images", flush=True)
+    if labels is not None:
+        (out / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
+    print(f"Wrote {written} PNG files to {out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .config import demo_config
+
+    out = Path(args.out)
+    config = demo_config(out_dir=str(out / "run"), max_steps=args.max_steps, seed=args.seed)
+    print(f"Training a small class-conditional model for {config.max_steps} steps on the CPU "
+          f"(about a minute). Re-running resumes from {config.out_dir}.")
+    path = train(config, resume=True, progress=not args.no_progress)
+    ckpt = load_checkpoint(path)
+    labels = torch.arange(100) % 10
+    recorder = ProcessRecorder(50, num_frames=25, kind="x_t")
+    x = generate(ckpt, 100, sampler="ddim", steps=50, labels=labels, guidance=args.guidance, seed=args.seed,
+                 callback=recorder, progress=not args.no_progress)
+    grid = save_grid(x, out / "samples.png", nrow=10)
+    gif = save_gif(recorder.finish(x), out / "denoising.gif", nrow=10, fps=8)
+    print(f"\nCheckpoint: {path}\nSample grid (each column one digit, 0-9): {grid}\nDenoising GIF: {gif}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ddpm_course",
+                                     description="DDPM course tools: train, sample, export, demo.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a profile",
+                       description="Train a DDPM. Profiles: ci (seconds), cpu (~10 min on 2 cores), t4 (Colab GPU).")
+    p.add_argument("--profile", choices=list(PROFILES), default=None,
+                   help="default: $DDPM_COURSE_PROFILE, else t4 with CUDA, else cpu")
+    p.add_argument("--out", default=None, help="output folder (default: the profile's out_dir)")
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--subset", type=int, help="use only the first N images")
+    p.add_argument("--dataset", help="mnist, fashion_mnist or a folder of images")
+    p.add_argument("--data-root", dest="data_root", help="data folder (default $DDPM_COURSE_DATA, then ./data)")
+    p.add_argument("--split", choices=["auto", "train", "test"])
+    p.add_argument("--device")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    p.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
+                   help="override any TrainConfig field, e.g. --set ema_decay=0.99 --set model.base_channels=48")
+    p.add_argument("--no-resume", action="store_true", help="start over (an old checkpoint is renamed, not deleted)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw a grid of samples (and a GIF of the denoising)")
+    _add_sampling_args(p, default_n=64)
+    p.add_argument("--out", required=True, help="PNG file for the grid")
+    p.add_argument("--gif", default=None, help="also write a GIF of the denoising here")
+    p.add_argument("--gif-frames", dest="gif_frames", type=int, default=40)
+    p.add_argument("--gif-x0", dest="gif_x0", action="store_true", help="animate the predicted x0 instead of x_t")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("export", help="write N samples as individual PNG files (for evaluation)")
+    _add_sampling_args(p, default_n=10000)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="train a small model for about a minute, then write a grid and a GIF")
+    p.add_argument("--out", default="demo", help="output folder (default %(default)s)")
+    p.add_argument("--max-steps", dest="max_steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "profile", "unset") is None:
+        args.profile = default_profile_name()
+    for name in ("n", "steps", "batch_size", "max_steps"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,183 @@
+"""Training configuration and the named profiles ``ci``, ``cpu`` and ``t4``.
+
+A :class:`TrainConfig` is plain data: it is printed, saved inside every checkpoint and rebuilt
+from there, so a checkpoint always says how its model was trained.
+
+Profiles (choose with ``DDPM_COURSE_PROFILE``; default ``t4`` with CUDA, else ``cpu``):
+
+    ci    seconds on a CPU: a tiny model that tests and CI train end to end
+    cpu   a class-conditional model that draws recognisable digits on a 2-core CPU in ~10 minutes
+    t4    a class-conditional model for a free Colab T4 GPU: full quality in minutes
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ._checks import check_choice, check_float, check_int
+from .losses import LOSS_TYPES
+from .unet import UNetConfig
+
+SCHEDULES = ("linear", "cosine")
+OPTIMIZERS = ("adamw", "adam")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+TRAIN_SPLITS = ("auto", "train", "test")
+
+
+@dataclass
+class TrainConfig:
+    """Everything :func:`ddpm_course.train` needs. Each field says when to change it."""
+
+    model: UNetConfig = field(default_factory=UNetConfig)  # the U-Net; see UNetConfig
+    schedule: str = "linear"      # "linear" (DDPM) or "cosine" (Improved DDPM); cosine suits small T
+    T: int = 1000                 # diffusion steps; DDPM used 1000 (one student report used 800)
+    dataset: str = "mnist"        # "mnist", "fashion_mnist", or a folder of images
+    split: str = "auto"           # "train", "test", or "auto": train when found, else test (said aloud)
+    subset: int | None = None     # keep only the first N images (None = all)
+    data_root: str | None = None  # where the data lives (None = $DDPM_COURSE_DATA, then ./data)
+    batch_size: int = 128         # images per step; larger is faster per image on a GPU
+    lr: float = 2e-4              # peak learning rate after warm-up (DDPM: 2e-4)
+    warmup_steps: int = 200       # linear warm-up from 0 to lr; then lr stays constant
+    weight_decay: float = 0.0     # AdamW weight decay
+    optimizer: str = "adamw"      # "adamw" or "adam"
+    max_steps: int = 5000         # optimisation steps in all (a resumed run continues to this)
+    grad_clip: float | None = 1.0  # clip the gradient norm to this (None = no clipping)
+    loss: str = "mse"             # "mse" (DDPM's simple loss) or "l1"
+    ema_decay: float = 0.999      # EMA of the weights used for sampling; 0 disables it
+    p_uncond: float = 0.1         # label dropout for classifier-free guidance (conditional models)
+    mixed_precision: str = "auto"  # "auto" (bf16 or fp16 on CUDA, none on CPU), "no", "fp16", "bf16"
+    channels_last: bool = False   # NHWC memory layout; can speed up convolutions on a GPU
+    device: str = "auto"          # "auto" (cuda, then mps, then cpu), or a torch device string
+    seed: int = 0                 # seeds the weights, the batches and the noise
+    out_dir: str = "runs/default"  # where checkpoint.pt is written
+    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
+    log_every: int = 50           # steps between loss reports (and NaN checks)
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = UNetConfig.from_dict(self.model)
+
+    def validate(self) -> TrainConfig:
+        """Raise ValueError naming the first field that is out of range; return self."""
+        if not isinstance(self.model, UNetConfig):
+            raise TypeError(f"TrainConfig.model must be a UNetConfig, got {type(self.model).__name__}")
+        self.model.validate()
+        check_choice("TrainConfig.schedule", self.schedule, SCHEDULES)
+        check_choice("TrainConfig.split", self.split, TRAIN_SPLITS)
+        check_choice("TrainConfig.optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("TrainConfig.loss", self.loss, LOSS_TYPES)
+        check_choice("TrainConfig.mixed_precision", self.mixed_precision, PRECISIONS)
+        for name in ("T", "batch_size", "max_steps", "checkpoint_every", "log_every"):
+            check_int(f"TrainConfig.{name}", getattr(self, name), minimum=1)
+        check_int("TrainConfig.warmup_steps", self.warmup_steps, minimum=0)
+        check_int("TrainConfig.seed", self.seed, minimum=0)
+        if self.subset is not None:
+            check_int("TrainConfig.subset", self.subset, minimum=1)
+        check_float("TrainConfig.lr", self.lr, minimum=0.0, open_min=True)
+        check_float("TrainConfig.weight_decay", self.weight_decay, minimum=0.0)
+        check_float("TrainConfig.ema_decay", self.ema_decay, minimum=0.0, maximum=1.0, open_max=True)
+        check_float("TrainConfig.p_uncond", self.p_uncond, minimum=0.0, maximum=1.0)
+        if self.grad_clip is not None:
+            check_float("TrainConfig.grad_clip", self.grad_clip, minimum=0.0, open_min=True)
+        if self.p_uncond > 0 and self.model.num_classes is None:
+            raise ValueError(
+                f"TrainConfig.p_uncond={self.p_uncond} drops labels for classifier-free guidance, but "
+                "the model is unconditional (model.num_classes=None); set p_uncond=0 or num_classes=10"
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain data (dicts, lists, numbers, strings) for checkpoints and JSON."""
+        data = asdict(self)
+        data["model"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["model"].items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Rebuild a config from :meth:`to_dict`; unknown keys are an error."""
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
+        model = data.pop("model", {})
+        model = model if isinstance(model, UNetConfig) else UNetConfig.from_dict(dict(model))
+        return cls(model=model, **data)
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with some fields changed; ``model=dict(...)`` changes fields of the UNetConfig."""
+        model = changes.pop("model", None)
+        if isinstance(model, dict):
+            model = dataclasses.replace(self.model, **model)
+        new = dataclasses.replace(self, **changes)
+        if model is not None:
+            new.model = model
+        return new
+
+
+# ----------------------------------------------------------------------------- profiles
+def _ci() -> TrainConfig:
+    return TrainConfig(
+        model=UNetConfig(base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1,
+                         attention_resolutions=(7,), num_classes=10),
+        T=100, schedule="cosine", subset=512, batch_size=32, lr=1e-3, warmup_steps=10,
+        max_steps=30, ema_decay=0.9, checkpoint_every=15, log_every=5, out_dir="runs/ci",
+    )
+
+
+def _cpu() -> TrainConfig:
+    return TrainConfig(
+        model=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
+                         attention_resolutions=(7,), num_classes=10),
+        T=1000, schedule="linear", batch_size=64, lr=1e-3, warmup_steps=100, max_steps=3000,
+        ema_decay=0.995, checkpoint_every=500, log_every=50, out_dir="runs/cpu",
+    )
+
+
+def _t4() -> TrainConfig:
+    return TrainConfig(
+        model=UNetConfig(base_channels=64, channel_mults=(1, 2, 2), num_res_blocks=2,
+                         attention_resolutions=(7,), dropout=0.1, num_classes=10),
+        T=1000, schedule="linear", batch_size=256, lr=4e-4, warmup_steps=200, max_steps=6000,
+        ema_decay=0.999, checkpoint_every=1000, log_every=100, out_dir="runs/t4",
+    )
+
+
+PROFILES = {"ci": _ci, "cpu": _cpu, "t4": _t4}
+
+
+def default_profile_name() -> str:
+    """``$DDPM_COURSE_PROFILE`` if set, else ``t4`` when CUDA is available, else ``cpu``."""
+    name = os.environ.get("DDPM_COURSE_PROFILE")
+    if name:
+        check_choice("DDPM_COURSE_PROFILE", name, list(PROFILES))
+        return name
+    return "t4" if torch.cuda.is_available() else "cpu"
+
+
+def get_profile(name: str | None = None, **overrides) -> TrainConfig:
+    """The TrainConfig of a named profile (default: :func:`default_profile_name`), with overrides.
+
+    ``get_profile("cpu", max_steps=500, model=dict(base_channels=48))``.
+    """
+    name = name or default_profile_name()
+    check_choice("profile", name, list(PROFILES))
+    return PROFILES[name]().replace(**overrides).validate()
+
+
+def demo_config(out_dir: str = "demo/run", max_steps: int | None = None, seed: int = 0) -> TrainConfig:
+    """The ``demo`` command's run: a small conditional model trained for about a minute on a CPU.
+
+    Not a profile: it trades quality for time so that a newcomer sees digits emerge at once.
+    """
+    config = TrainConfig(
+        model=UNetConfig(base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1,
+                         attention_resolutions=(7,), num_classes=10),
+        T=200, schedule="cosine", batch_size=32, lr=2e-3, warmup_steps=20, max_steps=400,
+        ema_decay=0.99, p_uncond=0.1, checkpoint_every=100, log_every=20, out_dir=out_dir, seed=seed,
+    )
+    return config.replace(max_steps=max_steps).validate() if max_steps else config.validate()

@@ -1,0 +1,306 @@
+"""The DDPM training loop (Ho et al. 2020, Algorithm 1) with the engineering a real run needs.
+
+    repeat: x0, y ~ data;  loss = || eps - eps_theta(sqrt(a-bar_t) x0 + sqrt(1 - a-bar_t) eps, t, y) ||^2
+            take a gradient step on loss; update the EMA weights
+
+Around that: AdamW with linear warm-up, mixed precision on CUDA (bf16 where the GPU has it,
+else fp16 with a grad scaler, as on a T4), gradient clipping, label dropout for classifier-free
+guidance, EMA weights, atomic checkpoints every ``checkpoint_every`` steps, and exact resume: the
+batches are a function of the step and every random-number generator state is saved, so training
+to step N in one go or in several interrupted pieces gives the same weights on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoints import FORMAT, read_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import DeviceBatches, TensorImageDataset, load_dataset
+from .ema import EMA
+from .losses import diffusion_loss
+from .schedules import NoiseSchedule
+from .unet import UNet
+
+CHECKPOINT_NAME = "checkpoint.pt"
+# Fields that may differ between an interrupted run and its resumption.
+RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "log_every", "out_dir", "device", "data_root")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"``: CUDA if available, then Apple's MPS, then the CPU; otherwise ``torch.device(name)``."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """The autocast dtype to use: "no" off CUDA; "auto" is bf16 on Ampere or newer, else fp16."""
+    if device.type != "cuda":
+        if setting in ("fp16", "bf16"):
+            raise ValueError(f"mixed_precision={setting!r} needs a CUDA device, got device {device}")
+        return "no"
+    if setting != "auto":
+        return setting
+    major, _ = torch.cuda.get_device_capability(device)
+    return "bf16" if major >= 8 else "fp16"   # a T4 (sm_75) has no fast bf16
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant (independent of max_steps, so that a
+    run extended after it stopped follows the same schedule)."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr
+
+
+def load_training_data(config: TrainConfig, log: Callable = print) -> TensorImageDataset:
+    """The dataset a config names, padded to the model's image size.
+
+    split="auto" uses the train split when it is present or can be downloaded and otherwise the
+    test split, saying so: offline machines may only have MNIST's 10,000 test digits.
+    """
+    kwargs = dict(root=config.data_root, subset=config.subset, image_size=config.model.image_size,
+                  channels=config.model.image_channels)
+    if config.split != "auto":
+        return load_dataset(config.dataset, config.split, **kwargs)
+    try:
+        return load_dataset(config.dataset, "train", **kwargs)
+    except FileNotFoundError as error:
+        try:
+            data = load_dataset(config.dataset, "test", download=False, **kwargs)
+        except FileNotFoundError:
+            raise error from None
+        log(f"Note: the {config.dataset} train split is not available here, so training uses the "
+            f"{len(data)}-image test split ({data.name}).")
+        return data
+
+
+def _check_data(config: TrainConfig, data: TensorImageDataset) -> None:
+    C, H, W = data.images.shape[1:]
+    m = config.model
+    if (C, H, W) != (m.image_channels, m.image_size, m.image_size):
+        raise ValueError(f"the dataset's images are {C}x{H}x{W} but the model expects "
+                         f"{m.image_channels}x{m.image_size}x{m.image_size}; change TrainConfig.model")
+    if m.num_classes is not None and data.num_classes and data.num_classes > m.num_classes:
+        raise ValueError(f"the dataset has {data.num_classes} classes but model.num_classes={m.num_classes}")
+
+
+def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
+    now = config.to_dict()
+    diffs = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if diffs:
+        detail = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diffs)
+        raise ValueError(
+            f"cannot resume from {path}: the config differs in {detail}. Use another out_dir, or "
+            f"resume=False to start over (the old checkpoint is then kept under a new name)."
+        )
+
+
+def _rng_state(noise_gen: torch.Generator) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "noise": noise_gen.get_state(),
+        "noise_device": str(noise_gen.device),
+    }
+
+
+def _restore_rng(state: dict, noise_gen: torch.Generator, config: TrainConfig, step: int, log) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if torch.device(state["noise_device"]).type == noise_gen.device.type:
+        noise_gen.set_state(state["noise"].cpu())
+    else:
+        noise_gen.manual_seed(config.seed + 1 + step)
+        log(f"Note: checkpoint trained on {state['noise_device']}, resuming on {noise_gen.device}; the "
+            "noise stream is re-seeded, so this resume is not bit-exact.")
+
+
+class Trainer:
+    """The state of one training run: model, EMA, optimizer, scaler, data and generators."""
+
+    def __init__(self, config: TrainConfig, log: Callable = print):
+        self.config = config.validate()
+        self.log = log
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.mixed_precision, self.device)
+        torch.manual_seed(config.seed)
+        self.data = load_training_data(config, log)
+        _check_data(config, self.data)
+        self.model = UNet(config.model).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, config.ema_decay)
+        self.schedule = NoiseSchedule.from_name(config.schedule, config.T).to(self.device)
+        opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.batches = DeviceBatches(self.data, config.batch_size, self.device, seed=config.seed)
+        self.step, self.history, self.elapsed = 0, [], 0.0
+        self.saved_step = None
+        self.path = Path(config.out_dir) / CHECKPOINT_NAME
+
+    # -------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(self.noise_gen),
+            "history": [list(h) for h in self.history],
+            "info": {
+                "data": self.data.name, "num_images": len(self.data), "device": str(self.device),
+                "precision": self.precision, "train_seconds": round(self.elapsed, 2),
+                "torch": str(torch.__version__), "ddpm_course": __version__,
+            },
+        }
+
+    def save(self) -> Path:
+        save_checkpoint(self.state_dict(), self.path)
+        self.saved_step = self.step
+        return self.path
+
+    def load(self, path: Path) -> None:
+        state = read_checkpoint(path, self.device)
+        _check_resumable(state["config"], self.config, path)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = self.saved_step = int(state["step"])
+        self.history = [tuple(h) for h in state.get("history", [])]
+        self.elapsed = float(state.get("info", {}).get("train_seconds", 0.0))
+        _restore_rng(state["rng"], self.noise_gen, self.config, self.step, self.log)
+
+    def set_aside_old_checkpoint(self) -> None:
+        """resume=False never deletes a trained model: the old checkpoint gets a new name."""
+        if self.path.exists():
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            old = self.path.with_name(f"checkpoint-old-{stamp}.pt")
+            self.path.rename(old)
+            self.log(f"Kept the previous checkpoint as {old}")
+
+    # -------------------------------------------------------------- the loop
+    def train_step(self) -> torch.Tensor:
+        """One optimisation step; returns the loss (a detached scalar tensor, not synchronised)."""
+        cfg = self.config
+        x0, y = self.batches.batch(self.step)
+        if cfg.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        labels = y if cfg.model.num_classes is not None else None
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, cfg)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "no"):
+            loss = diffusion_loss(self.model, self.schedule, x0, labels, loss_type=cfg.loss,
+                                  p_uncond=cfg.p_uncond, generator=self.noise_gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.model, self.step)
+        self.step += 1
+        return loss.detach()
+
+    def _diverged(self, first_step: int) -> TrainingDiverged:
+        kept = (f"The last good checkpoint is kept at {self.path}." if self.path.exists()
+                else "No checkpoint had been written yet.")
+        return TrainingDiverged(
+            f"Training stopped: the loss became NaN or infinite between steps {first_step} and "
+            f"{self.step}. {kept} Try a lower lr (now {self.config.lr}) or grad_clip "
+            f"(now {self.config.grad_clip}), then resume."
+        )
+
+    def run(self, progress: bool = True, callback: Callable | None = None) -> Path:
+        cfg = self.config
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not progress,
+                   dynamic_ncols=True, file=sys.stdout)
+        running, count, since = None, 0, self.step  # loss summed since the last log
+        last_time, last_step = time.perf_counter(), self.step
+        updating = False
+        try:
+            while self.step < cfg.max_steps:
+                updating = True
+                loss = self.train_step()
+                updating = False
+                running = loss if running is None else running + loss
+                count += 1
+                bar.update(1)
+                at_log = self.step % cfg.log_every == 0 or self.step == cfg.max_steps
+                at_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps
+                if at_log or at_ckpt:
+                    mean = (running / count).item()   # one synchronisation per log, not per step
+                    if not math.isfinite(mean):
+                        raise self._diverged(since)
+                    now = time.perf_counter()
+                    self.elapsed += now - last_time
+                    rate = (self.step - last_step) * cfg.batch_size / max(now - last_time, 1e-9)
+                    self.history.append((self.step, mean))
+                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
+                    if callback is not None:
+                        callback({"step": self.step, "loss": mean, "lr": lr_at(self.step - 1, cfg),
+                                  "images_per_second": rate})
+                    running, count, since = None, 0, self.step  # loss summed since the last log
+                    last_time, last_step = time.perf_counter(), self.step
+                    if at_ckpt:
+                        self.save()
+        except KeyboardInterrupt:
+            # Keep the work done so far, unless the interrupt hit the middle of an update (then
+            # the weights may be half-updated, and the last periodic checkpoint is the good one).
+            if not updating and self.step != self.saved_step:
+                self.save()
+            self.log(f"\nInterrupted; the checkpoint at {self.path} holds step {self.saved_step}. "
+                     "Run again with resume=True to continue.")
+            raise
+        finally:
+            bar.close()
+        return self.path
+
+
+def train(config: TrainConfig, resume: bool = True, *, progress: bool = True,
+          callback: Callable | None = None, log: Callable = print) -> Path:
+    """Train a DDPM as ``config`` says; return the path of the final checkpoint.
+
+    resume: continue from ``out_dir/checkpoint.pt`` if it exists (printing ``Resuming from <path>
+    at step <k>``); with resume=False an existing checkpoint is renamed, never overwritten.
+    callback: called at every log with a dict (step, loss, lr, images_per_second), e.g. to draw
+    a live loss curve. Raises :class:`TrainingDiverged` if the loss becomes NaN or infinite.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    trainer = Trainer(config, log=log)
+    if resume and trainer.path.exists():
+        trainer.load(trainer.path)
+        log(f"Resuming from {trainer.path} at step {trainer.step}")
+        if trainer.step >= config.max_steps:
+            log(f"Already trained to step {trainer.step} (max_steps={config.max_steps}); nothing to do.")
+            return trainer.path
+    elif not resume:
+        trainer.set_aside_old_checkpoint()
+    return trainer.run(progress=progress, callback=callback)
