@@ -98,8 +98,12 @@ class UNetConfig:
 
 
 def num_groups(channels: int) -> int:
-    """GroupNorm groups: 32 as in DDPM when the width allows, otherwise the largest divisor <= 32."""
-    return max(g for g in range(1, 33) if channels % g == 0)
+    """GroupNorm groups: up to 32 as in DDPM, but at least 4 channels per group when possible.
+
+    One channel per group would be an InstanceNorm, which makes each channel's mean zero and so
+    erases any per-channel bias added before it.
+    """
+    return max(g for g in range(1, 33) if channels % g == 0 and (channels // g >= 4 or g == 1))
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -137,8 +141,10 @@ class TimeEmbedding(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, with the time (and label) embedding added in between.
+    """GroupNorm-SiLU-conv twice, conditioned on the time (and label) embedding in between.
 
+    The embedding sets a per-channel scale and shift applied *after* the second GroupNorm
+    (Improved DDPM's "scale-shift norm"): a bias added before a normalisation can be removed by it.
     x: (B, in_ch, H, W), emb: (B, emb_dim) -> (B, out_ch, H, W).
     """
 
@@ -146,7 +152,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.GroupNorm(num_groups(in_ch), in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, out_ch)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)
         self.norm2 = nn.GroupNorm(num_groups(out_ch), out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
@@ -154,8 +160,9 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]  # a per-channel bias that depends on t
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift   # (B, out_ch, H, W), modulated by t (and y)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 

@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+
+from ddpm_course import UNet, UNetConfig, sinusoidal_embedding
+
+
+@pytest.mark.parametrize("cfg", [
+    UNetConfig(base_channels=16, num_res_blocks=1),
+    UNetConfig(base_channels=16, num_res_blocks=1, num_classes=10),
+    UNetConfig(image_size=32, base_channels=8, channel_mults=(1, 2, 2, 2), attention_resolutions=(8, 4)),
+    UNetConfig(image_channels=3, base_channels=8, channel_mults=(1, 2), attention_resolutions=()),
+])
+def test_output_shape(cfg):
+    model = UNet(cfg)
+    x = torch.randn(3, cfg.image_channels, cfg.image_size, cfg.image_size)
+    t = torch.tensor([0, 10, 999])
+    y = torch.tensor([0, 9, 10]) if cfg.num_classes else None
+    out = model(x, t) if y is None else model(x, t, y)
+    assert out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_output_starts_at_zero_and_learns_from_t_and_y():
+    """The last conv is zero-initialised (a residual-friendly start); after a perturbation the
+    output depends on t and on y."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=16, num_res_blocks=1, num_classes=10))
+    x = torch.randn(2, 1, 28, 28)
+    assert model(x, torch.tensor([5, 5])).abs().max() == 0
+    torch.nn.init.normal_(model.conv_out.weight, std=0.1)
+    for p in model.parameters():
+        if p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.02)
+    a = model(x[:1], torch.tensor([5]), torch.tensor([3]))
+
+    def effect(b):  # the change relative to the output's own size: must be substantial
+        return ((a - b).abs().mean() / a.abs().mean()).item()
+
+    assert effect(model(x[:1], torch.tensor([500]), torch.tensor([3]))) > 0.05
+    assert effect(model(x[:1], torch.tensor([5]), torch.tensor([4]))) > 0.05
+    # y=None on a conditional model is the "no label" token
+    torch.testing.assert_close(model(x[:1], torch.tensor([5])), model(x[:1], torch.tensor([5]), torch.tensor([10])))
+
+
+def test_sinusoidal_embedding_values():
+    emb = sinusoidal_embedding(torch.tensor([0, 3]), 8)
+    assert emb.shape == (2, 8)
+    torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    freqs = [10000 ** (-k / 4) for k in range(4)]
+    expected = [math.cos(3 * f) for f in freqs] + [math.sin(3 * f) for f in freqs]
+    torch.testing.assert_close(emb[1], torch.tensor(expected))
+
+
+def test_summary_and_parameter_count():
+    model = UNet(UNetConfig(base_channels=16, num_res_blocks=1, num_classes=10))
+    n = sum(p.numel() for p in model.parameters())
+    assert model.num_parameters() == n
+    line = model.summary()
+    assert f"{n / 1e6:.2f}M parameters" in line and "28x28->14x14->7x7" in line and "attention at 7x7" in line
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(image_size=30), "image_size must be divisible by"),
+    (dict(attention_resolutions=(5,)), "attention_resolutions must be among"),
+    (dict(channel_mults=()), "channel_mults must be a non-empty tuple"),
+    (dict(base_channels=0), "base_channels must be a positive int"),
+    (dict(dropout=1.5), "dropout must be in"),
+    (dict(num_classes=0), "num_classes must be None or a positive int"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        UNetConfig(**kwargs)
+
+
+def test_bad_forward_inputs():
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=()))
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(TypeError, match="t must be a torch.long tensor"):
+        model(x, torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"x_t must have shape \(B, 1, 28, 28\)"):
+        model(torch.randn(2, 1, 32, 32), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="y was given but this UNet is unconditional"):
+        model(x, torch.tensor([1, 2]), torch.tensor([0, 1]))
+    cond = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(), num_classes=10))
+    with pytest.raises(ValueError, match=r"y must hold class labels in \[0, 10\]"):
+        cond(x, torch.tensor([1, 2]), torch.tensor([0, 11]))
+    with pytest.raises(TypeError, match="config must be a UNetConfig"):
+        UNet({"base_channels": 8})
