@@ -163,7 +163,8 @@ def cmd_export(args) -> int:
         pixels = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
         for i in range(n):
             name = f"{first + i:05d}.png"
-            iio.imwrite(out / name, pixels[i, 0].numpy() if pixels.shape[1] == 1 else pixels[i].permute(1, 2, 0).numpy())
+            image = pixels[i, 0] if pixels.shape[1] == 1 else pixels[i].permute(1, 2, 0)
+            iio.imwrite(out / name, image.numpy())
             rows.append(f"{name},{int(batch_labels[i])}" if batch_labels is not None else name)
         written += n
         print(f"{written}/{args.n} images", flush=True)

@@ -1,0 +1,82 @@
+"""The command line on the ci profile: train, sample (with a GIF), export, demo, --help."""
+
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import pytest
+
+from ddpm_course import load_checkpoint
+from ddpm_course.cli import main
+
+
+@pytest.fixture(scope="module")
+def ci_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ci_run")
+    assert main(["train", "--profile", "ci", "--out", str(out), "--max-steps", "6", "--no-progress"]) == 0
+    return out / "checkpoint.pt"
+
+
+def test_train_ci_profile(ci_checkpoint, capsys):
+    ckpt = load_checkpoint(ci_checkpoint)
+    assert ckpt.step == 6 and ckpt.num_classes == 10
+    # running the same command again resumes and, at max_steps already, does nothing
+    assert main(["train", "--profile", "ci", "--out", str(ci_checkpoint.parent), "--max-steps", "6",
+                 "--no-progress"]) == 0
+    assert f"Resuming from {ci_checkpoint} at step 6" in capsys.readouterr().out
+
+
+def test_train_overrides(tmp_path):
+    out = tmp_path / "o"
+    assert main(["train", "--profile", "ci", "--out", str(out), "--max-steps", "2", "--no-progress",
+                 "--set", "ema_decay=0.5", "--set", "model.base_channels=8", "--lr", "0.01"]) == 0
+    cfg = load_checkpoint(out / "checkpoint.pt").config
+    assert cfg.ema_decay == 0.5 and cfg.model.base_channels == 8 and cfg.lr == 0.01
+    with pytest.raises(SystemExit, match="unknown config keys"):
+        main(["train", "--profile", "ci", "--out", str(out), "--set", "learning_rate=1"])
+
+
+def test_sample_grid_and_gif(ci_checkpoint, tmp_path, capsys):
+    grid, gif = tmp_path / "grid.png", tmp_path / "process.gif"
+    assert main(["sample", "--checkpoint", str(ci_checkpoint), "--n", "20", "--steps", "5",
+                 "--guidance", "2", "--out", str(grid), "--gif", str(gif), "--gif-frames", "4"]) == 0
+    image = iio.imread(grid)
+    assert image.ndim == 2 and image.shape == (2 + 2 * 30, 2 + 10 * 30)  # 2 rows of 10 digits
+    frames = iio.imread(gif)
+    assert frames.shape[0] == 4 + 10 and frames.shape[1:] == image.shape  # 4 moments + held last
+    assert main(["sample", "--checkpoint", str(ci_checkpoint), "--n", "4", "--sampler", "ddpm",
+                 "--labels", "3", "--out", str(tmp_path / "three.png")]) == 0
+    with pytest.raises(SystemExit, match="--labels must lie in 0..9"):
+        main(["sample", "--checkpoint", str(ci_checkpoint), "--n", "2", "--labels", "12",
+              "--out", str(tmp_path / "x.png")])
+
+
+def test_export_pngs(ci_checkpoint, tmp_path):
+    out = tmp_path / "pngs"
+    assert main(["export", "--checkpoint", str(ci_checkpoint), "--n", "12", "--steps", "3",
+                 "--batch-size", "5", "--out", str(out)]) == 0
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(12)]
+    assert iio.imread(files[0]).shape == (28, 28)
+    rows = (out / "labels.csv").read_text().splitlines()
+    assert rows[0] == "file,label" and rows[1:4] == ["00000.png,0", "00001.png,1", "00002.png,2"]
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["sample", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "g.png")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_demo(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--max-steps", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "samples.png" in out and "denoising.gif" in out
+    assert iio.imread(tmp_path / "demo" / "samples.png").shape == (302, 302)
+    assert iio.imread(tmp_path / "demo" / "denoising.gif").shape[0] > 10
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "export", "demo"])
+def test_help(command):
+    result = subprocess.run([sys.executable, "-m", "ddpm_course", command, "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "usage: python -m ddpm_course " + command in result.stdout

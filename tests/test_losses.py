@@ -1,0 +1,67 @@
+import math
+
+import pytest
+import torch
+
+from ddpm_course import NoiseSchedule, UNet, UNetConfig, diffusion_loss
+from ddpm_course.losses import drop_labels
+
+
+def test_known_answers():
+    """A zero predictor has loss E[eps^2] = 1 (MSE) or E|eps| = sqrt(2/pi) (L1); the exact
+    predictor for a single known image has loss 0."""
+    s = NoiseSchedule.linear(1000)
+    x0 = torch.full((512, 1, 8, 8), 0.5)
+    g = torch.Generator().manual_seed(0)
+    zero = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
+    assert abs(diffusion_loss(zero, s, x0, generator=g).item() - 1.0) < 0.02
+    assert abs(diffusion_loss(zero, s, x0, loss_type="l1", generator=g).item() - math.sqrt(2 / math.pi)) < 0.02
+
+    def exact(x_t, t):
+        a = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (x_t - a.sqrt() * 0.5) / (1 - a).sqrt()
+
+    assert diffusion_loss(exact, s, x0, generator=g).item() < 1e-8
+
+
+def test_label_dropout_rate():
+    labels = torch.randint(0, 10, (20000,), generator=torch.Generator().manual_seed(1))
+    dropped = drop_labels(labels, 0.25, 10, torch.Generator().manual_seed(2))
+    frac = (dropped == 10).float().mean().item()
+    assert abs(frac - 0.25) < 0.015
+    kept = dropped != 10
+    assert torch.equal(dropped[kept], labels[kept])
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    s = NoiseSchedule.cosine(100)
+    model = UNet(UNetConfig(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=()))
+    x0 = (torch.rand(8, 1, 28, 28) > 0.7).float() * 2 - 1
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def eval_loss():
+        with torch.no_grad():
+            return diffusion_loss(model, s, x0.repeat(8, 1, 1, 1), generator=torch.Generator().manual_seed(9)).item()
+
+    before = eval_loss()
+    for _ in range(60):
+        loss = diffusion_loss(model, s, x0, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    assert after < 0.6 * before, (before, after)
+
+
+def test_bad_loss_arguments():
+    s = NoiseSchedule.linear(10)
+    zero = lambda x_t, t, y=None: torch.zeros_like(x_t)  # noqa: E731
+    x0 = torch.zeros(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        diffusion_loss(zero, s, x0, loss_type="huber")
+    with pytest.raises(ValueError, match="p_uncond must be <= 1"):
+        diffusion_loss(zero, s, x0, torch.tensor([0, 1]), p_uncond=2.0)
+    with pytest.raises(ValueError, match="no num_classes attribute"):
+        diffusion_loss(zero, s, x0, torch.tensor([0, 1]), p_uncond=0.5)

@@ -1,0 +1,177 @@
+import pickle
+
+import pytest
+import torch
+
+from ddpm_course import TrainConfig, TrainingDiverged, get_profile, load_checkpoint, train
+from ddpm_course.checkpoints import read_checkpoint, save_checkpoint
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _train_quietly(config, resume=True, **kwargs):
+    lines = []
+    path = train(config, resume=resume, progress=False, log=lines.append, **kwargs)
+    return path, lines
+
+
+def test_train_writes_a_loadable_checkpoint(tiny_config):
+    path, _ = _train_quietly(tiny_config)
+    ckpt = load_checkpoint(path)
+    assert ckpt.step == 6 and ckpt.config == tiny_config and ckpt.schedule.T == 50
+    assert len(ckpt.history) == 6 and all(torch.isfinite(torch.tensor(loss)) for _, loss in ckpt.history)
+    assert ckpt.info["num_images"] == 64 and ckpt.num_classes == 10
+    x = ckpt.ema_model(torch.randn(2, 1, 28, 28), torch.tensor([1, 2]), torch.tensor([3, 4]))
+    assert x.shape == (2, 1, 28, 28)
+    assert not any(p.name.endswith(".tmp") for p in path.parent.iterdir())
+
+
+def test_resume_is_exact(tiny_config, tmp_path):
+    """Training to N in one go == training to k, stopping, and resuming to N (bit for bit)."""
+    straight, _ = _train_quietly(tiny_config.replace(out_dir=str(tmp_path / "a")))
+    part = tiny_config.replace(out_dir=str(tmp_path / "b"), max_steps=4)
+    _train_quietly(part)
+    path, lines = _train_quietly(part.replace(max_steps=6))
+    assert f"Resuming from {path} at step 4" in lines
+    a, b = read_checkpoint(straight), read_checkpoint(path)
+    assert a["step"] == b["step"] == 6
+    assert _states_equal(a["model"], b["model"]) and _states_equal(a["ema"], b["ema"])
+    assert torch.equal(a["rng"]["noise"], b["rng"]["noise"])
+
+
+def test_interrupted_run_keeps_its_work_and_resumes_exactly(tiny_config, tmp_path):
+    straight, _ = _train_quietly(tiny_config.replace(out_dir=str(tmp_path / "a")))
+    config = tiny_config.replace(out_dir=str(tmp_path / "b"), checkpoint_every=100)
+
+    def interrupt(info):
+        if info["step"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train_quietly(config, callback=interrupt)
+    assert read_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 5  # saved on the interrupt
+    path, lines = _train_quietly(config)
+    assert any("at step 5" in line for line in lines)
+    assert _states_equal(read_checkpoint(straight)["model"], read_checkpoint(path)["model"])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, monkeypatch):
+    import ddpm_course.training as training
+
+    real = training.diffusion_loss
+    calls = {"n": 0}
+
+    def exploding(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 5 else loss
+
+    monkeypatch.setattr(training, "diffusion_loss", exploding)
+    with pytest.raises(TrainingDiverged, match="NaN or infinite between steps 4 and 5.*last good checkpoint"):
+        _train_quietly(tiny_config)
+    state = read_checkpoint(tiny_config.out_dir + "/checkpoint.pt")
+    assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_resume_false_keeps_the_old_checkpoint(tiny_config, tmp_path):
+    _train_quietly(tiny_config.replace(max_steps=3))
+    _, lines = _train_quietly(tiny_config.replace(max_steps=3), resume=False)
+    old = list((tmp_path / "run").glob("checkpoint-old-*.pt"))
+    assert len(old) == 1 and read_checkpoint(old[0])["step"] == 3
+    assert any("Kept the previous checkpoint" in line for line in lines)
+
+
+def test_resume_refuses_a_different_config(tiny_config):
+    _train_quietly(tiny_config.replace(max_steps=3))
+    with pytest.raises(ValueError, match=r"cannot resume .* lr: 0.001 -> 0.01"):
+        _train_quietly(tiny_config.replace(lr=0.01))
+
+
+def test_checkpoints_never_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "ddpm_course.checkpoint/1", "x": Evil()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        read_checkpoint(path)
+
+
+def test_atomic_save_leaves_old_file_intact(tmp_path, monkeypatch):
+    path = save_checkpoint({"format": "ddpm_course.checkpoint/1", "step": 1}, tmp_path / "c.pt")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"format": "ddpm_course.checkpoint/1", "step": 2}, path)
+    monkeypatch.undo()
+    assert read_checkpoint(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_missing_and_foreign_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a ddpm_course checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_split_auto_falls_back_to_test_and_says_so(tiny_config, tmp_path):
+    from conftest import write_mnist_split
+
+    root = tmp_path / "only_test"
+    write_mnist_split(root, "test", 24)
+    config = tiny_config.replace(data_root=str(root), split="auto", max_steps=1, out_dir=str(tmp_path / "o"))
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, *a, **k):
+            raise RuntimeError("offline")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(torchvision.datasets, "MNIST", Offline)
+    try:
+        path, lines = _train_quietly(config)
+    finally:
+        mp.undo()
+    assert any("train split is not available" in line and "24-image test split" in line for line in lines)
+    assert load_checkpoint(path).info["num_images"] == 24
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(lr=0.0), "TrainConfig.lr must be > 0"),
+    (dict(batch_size=0), "TrainConfig.batch_size must be >= 1"),
+    (dict(schedule="sigmoid"), "TrainConfig.schedule must be one of"),
+    (dict(split="val"), "TrainConfig.split must be one of"),
+    (dict(mixed_precision="fp8"), "TrainConfig.mixed_precision must be one of"),
+    (dict(ema_decay=1.0), "TrainConfig.ema_decay must be < 1"),
+    (dict(model=dict(num_classes=None)), "p_uncond=0.2 drops labels"),
+])
+def test_bad_train_config(tiny_config, changes, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config.replace(**changes).validate()
+
+
+def test_fp16_on_cpu_is_refused(tiny_config):
+    with pytest.raises(ValueError, match="mixed_precision='fp16' needs a CUDA device"):
+        _train_quietly(tiny_config.replace(mixed_precision="fp16", device="cpu"))
+
+
+def test_config_round_trip_and_profiles(monkeypatch):
+    for name in ("ci", "cpu", "t4"):
+        cfg = get_profile(name)
+        assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    monkeypatch.setenv("DDPM_COURSE_PROFILE", "ci")
+    assert get_profile().out_dir == "runs/ci"
+    monkeypatch.setenv("DDPM_COURSE_PROFILE", "gpu")
+    with pytest.raises(ValueError, match="DDPM_COURSE_PROFILE must be one of"):
+        get_profile()
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"learning_rate": 1})
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        train({"lr": 1})
