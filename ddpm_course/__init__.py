@@ -6,6 +6,7 @@ Everything in the public API (see docs) is importable from here:
 """
 
 __version__ = "0.1.0"
+COLAB_REPO = "ddpm-course/ddpm-course"  # GitHub owner/name that the Colab badges open
 
 from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from .config import PROFILES, TrainConfig, default_profile_name, get_profile

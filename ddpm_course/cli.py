@@ -193,10 +193,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_profiles(args) -> int:
+    """Print each profile's model size and training budget (the README's profile table)."""
+    from .unet import UNet
+
+    print("| profile | parameters | T | schedule | batch | steps | conditional |")
+    print("|---|---|---|---|---|---|---|")
+    for name in PROFILES:
+        cfg = get_profile(name)
+        params = UNet(cfg.model).num_parameters()
+        cond = "yes" if cfg.model.num_classes else "no"
+        print(f"| `{name}` | {params / 1e6:.2f}M | {cfg.T} | {cfg.schedule} | {cfg.batch_size} | "
+              f"{cfg.max_steps} | {cond} |")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ddpm_course",
-                                     description="DDPM course tools: train, sample, export, demo.")
+                                     description="DDPM course tools: train, sample, export, profiles, demo.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a profile",
@@ -233,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("profiles", help="list the training profiles (model size, steps)")
+    p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("demo", help="train a small model for about a minute, then write a grid and a GIF")
     p.add_argument("--out", default="demo", help="output folder (default %(default)s)")

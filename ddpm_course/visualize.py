@@ -93,15 +93,16 @@ def process_grid(frames: list) -> torch.Tensor:
     return torch.stack(frames, dim=1).flatten(0, 1)
 
 
-def save_gif(frames: list, path, nrow: int = 8, fps: float = 10.0, hold_last: int = 10) -> Path:
-    """Animate frames [(B, C, H, W)] (each shown as a grid) into a looping GIF; the last frame
-    is held for ``hold_last`` extra frames so the result can be seen."""
+def save_gif(frames: list, path, nrow: int = 8, fps: float = 10.0, hold_last: float = 2.0) -> Path:
+    """Animate frames [(B, C, H, W)] (each shown as a grid) into a looping GIF at ``fps`` frames
+    per second; the last frame stays on screen ``hold_last`` seconds so the result can be seen."""
     import imageio.v3 as iio
 
     if not frames:
         raise ValueError("frames must hold at least one (B, C, H, W) tensor, got an empty list")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [to_uint8_grid(f, nrow) for f in frames] + [to_uint8_grid(frames[-1], nrow)] * hold_last
-    iio.imwrite(path, np.stack(images), duration=1000.0 / fps, loop=0)
+    images = np.stack([to_uint8_grid(f, nrow) for f in frames])
+    durations = [1000.0 / fps] * (len(frames) - 1) + [1000.0 / fps + 1000.0 * hold_last]
+    iio.imwrite(path, images, duration=durations, loop=0)
     return path

@@ -1,0 +1,30 @@
+"""The README states what the code does: its profile table and its Colab links."""
+
+import re
+from pathlib import Path
+
+from ddpm_course import COLAB_REPO
+from ddpm_course.cli import main
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_profile_table_is_the_profiles_command_output(capsys):
+    main(["profiles"])
+    printed = capsys.readouterr().out.strip()
+    block = README.split("<!-- profiles:start -->")[1].split("<!-- profiles:end -->")[0].strip()
+    assert block == printed, "README's profile table is stale: paste `python -m ddpm_course profiles`"
+
+
+def test_colab_badges_point_at_one_repository_and_existing_notebook_names():
+    links = re.findall(r"https://colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/(notebooks/[\w.]+)", README)
+    assert len(links) == 6
+    assert {repo for repo, _ in links} == {COLAB_REPO}
+    names = [path.split("/")[1] for _, path in links]
+    assert names == sorted(names) and names[0].startswith("01_") and names[-1].startswith("06_")
+
+
+def test_quick_start_is_three_commands():
+    block = README.split("## Quick start")[1].split("```bash")[1].split("```")[0]
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert commands == ["pip install -r requirements.txt", "python -m ddpm_course demo", "python -m pytest"]
