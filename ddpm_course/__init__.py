@@ -5,9 +5,7 @@ Everything in the public API (see docs) is importable from here:
     from ddpm_course import NoiseSchedule, UNet, UNetConfig, sample_ddpm, sample_ddim, train
 """
 
-__version__ = "0.1.0"
-COLAB_REPO = "ddpm-course/ddpm-course"  # GitHub owner/name that the Colab badges open
-
+from ._version import COLAB_REPO, __version__
 from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from .config import PROFILES, TrainConfig, default_profile_name, get_profile
 from .data import (
@@ -36,6 +34,7 @@ from .unet import UNet, UNetConfig, sinusoidal_embedding
 from .visualize import ProcessRecorder, process_grid, save_gif, save_grid, show_images
 
 __all__ = [
+    "COLAB_REPO", "__version__",
     "Checkpoint", "DeviceBatches", "EMA", "NoiseSchedule", "PROFILES", "ProcessRecorder",
     "StepOutput", "TensorImageDataset", "TrainConfig", "TrainingDiverged", "UNet", "UNetConfig",
     "ddim_step", "ddim_timesteps", "ddpm_step", "default_profile_name", "diffusion_loss",

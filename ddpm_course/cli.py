@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a small model for about a minute, then write a grid and a GIF")
     p.add_argument("--out", default="demo", help="output folder (default %(default)s)")
     p.add_argument("--max-steps", dest="max_steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

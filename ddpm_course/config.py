@@ -133,7 +133,7 @@ def _cpu() -> TrainConfig:
     return TrainConfig(
         model=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                          attention_resolutions=(7,), num_classes=10),
-        T=1000, schedule="linear", batch_size=64, lr=1e-3, warmup_steps=100, max_steps=3000,
+        T=1000, schedule="linear", batch_size=64, lr=1e-3, warmup_steps=100, max_steps=1000,
         ema_decay=0.995, checkpoint_every=500, log_every=50, out_dir="runs/cpu",
     )
 
@@ -173,11 +173,14 @@ def demo_config(out_dir: str = "demo/run", max_steps: int | None = None, seed: i
     """The ``demo`` command's run: a small conditional model trained for about a minute on a CPU.
 
     Not a profile: it trades quality for time so that a newcomer sees digits emerge at once.
+    The cosine schedule with T=200 learns class shapes faster than T=1000 in so few steps, and
+    EMA is off: over 200 fast-moving steps an average of the weights lags behind them (measured:
+    noisier samples with EMA than without).
     """
     config = TrainConfig(
         model=UNetConfig(base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1,
                          attention_resolutions=(7,), num_classes=10),
-        T=200, schedule="cosine", batch_size=32, lr=2e-3, warmup_steps=20, max_steps=400,
-        ema_decay=0.99, p_uncond=0.1, checkpoint_every=100, log_every=20, out_dir=out_dir, seed=seed,
+        T=200, schedule="cosine", batch_size=64, lr=1e-3, warmup_steps=20, max_steps=200,
+        ema_decay=0.0, p_uncond=0.1, checkpoint_every=100, log_every=20, out_dir=out_dir, seed=seed,
     )
     return config.replace(max_steps=max_steps).validate() if max_steps else config.validate()

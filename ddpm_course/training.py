@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .checkpoints import FORMAT, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import DeviceBatches, TensorImageDataset, load_dataset

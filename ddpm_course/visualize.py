@@ -103,6 +103,8 @@ def save_gif(frames: list, path, nrow: int = 8, fps: float = 10.0, hold_last: fl
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = np.stack([to_uint8_grid(f, nrow) for f in frames])
+    if images.ndim == 3:  # grey -> RGB: Pillow's GIF writer fails on some multi-frame grey images
+        images = np.repeat(images[..., None], 3, axis=-1)
     durations = [1000.0 / fps] * (len(frames) - 1) + [1000.0 / fps + 1000.0 * hold_last]
     iio.imwrite(path, images, duration=durations, loop=0)
     return path

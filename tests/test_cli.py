@@ -43,7 +43,7 @@ def test_sample_grid_and_gif(ci_checkpoint, tmp_path, capsys):
     image = iio.imread(grid)
     assert image.ndim == 2 and image.shape == (2 + 2 * 30, 2 + 10 * 30)  # 2 rows of 10 digits
     frames = iio.imread(gif)
-    assert frames.shape[0] == 4 and frames.shape[1:] == image.shape  # 4 moments of the process
+    assert frames.shape[:3] == (4, *image.shape)  # 4 moments of the process, each a grid
     assert main(["sample", "--checkpoint", str(ci_checkpoint), "--n", "4", "--sampler", "ddpm",
                  "--labels", "3", "--out", str(tmp_path / "three.png")]) == 0
     with pytest.raises(SystemExit, match="--labels must lie in 0..9"):

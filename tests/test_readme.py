@@ -17,7 +17,8 @@ def test_profile_table_is_the_profiles_command_output(capsys):
 
 
 def test_colab_badges_point_at_one_repository_and_existing_notebook_names():
-    links = re.findall(r"https://colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/(notebooks/[\w.]+)", README)
+    pattern = r"https://colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/(notebooks/[\w.]+)"
+    links = re.findall(pattern, README)
     assert len(links) == 6
     assert {repo for repo, _ in links} == {COLAB_REPO}
     names = [path.split("/")[1] for _, path in links]
