@@ -33,7 +33,11 @@ class StepOutput(NamedTuple):
 
 
 def _coef(table: torch.Tensor, t, x: torch.Tensor):
-    """table[t] as a float when t is an int, or shaped (B, 1, 1, 1) when t is a (B,) tensor."""
+    """table[t] as a float when t is an int, or shaped (B, 1, 1, 1) when t is a (B,) tensor.
+
+    Samplers keep the schedule on the CPU and pass int timesteps, so reading a coefficient never
+    waits for a GPU.
+    """
     if isinstance(t, torch.Tensor):
         return extract(table, t, x.ndim).to(x.dtype)
     return float(table[t])
@@ -67,6 +71,8 @@ def ddpm_step(schedule: NoiseSchedule, x_t: torch.Tensor, t: int, eps: torch.Ten
        ("beta"); no noise is added at t = 0.
     t: int in [0, T - 1]; eps and noise: same shape as x_t.
     """
+    check_int("t", t, minimum=0, maximum=schedule.T - 1)
+    check_choice("variance", variance, VARIANCES)
     x0 = predict_x0(schedule, x_t, t, eps)
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
@@ -88,6 +94,8 @@ def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t: int, t_prev: int, e
     3. x_prev = sqrt(a-bar_prev) x0 + sqrt(1 - a-bar_prev - sigma^2) eps + sigma * noise.
     eta = 0 is deterministic DDIM; eta = 1 with consecutive steps is DDPM with the posterior variance.
     """
+    check_int("t", t, minimum=0, maximum=schedule.T - 1)
+    check_int("t_prev", t_prev, minimum=-1, maximum=t - 1)
     abar_t = float(schedule.alphas_cumprod[t])
     abar_prev = float(schedule.alphas_cumprod[t_prev]) if t_prev >= 0 else 1.0
     x0 = predict_x0(schedule, x_t, t, eps)
@@ -185,7 +193,6 @@ def sample_ddpm(model, schedule: NoiseSchedule, shape, *, labels=None, guidance_
     shape = _check_common(model, schedule, shape, guidance_scale, callback)
     check_choice("variance", variance, VARIANCES)
     device = infer_device(model, x_T, generator)
-    schedule = schedule.to(device)
     x = initial_noise(shape, device, generator, x_T)
     labels = prepare_labels(labels, shape[0], device, model)
     with eval_mode(model):
@@ -214,7 +221,6 @@ def sample_ddim(model, schedule: NoiseSchedule, shape, *, steps: int = 50, eta: 
     check_int("steps", steps, minimum=1, maximum=schedule.T)
     check_float("eta", eta, minimum=0.0)
     device = infer_device(model, x_T, generator)
-    schedule = schedule.to(device)
     x = initial_noise(shape, device, generator, x_T)
     labels = prepare_labels(labels, shape[0], device, model)
     timesteps = ddim_timesteps(schedule.T, steps)

@@ -179,6 +179,17 @@ def test_sampler_bad_inputs(kwargs, error, match):
         sample_ddim(model, s, shape, **kwargs)
 
 
+def test_step_functions_check_timesteps():
+    s = NoiseSchedule.linear(10)
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match="t must be <= 9"):
+        ddpm_step(s, x, 10, x, noise=x)
+    with pytest.raises(ValueError, match="t_prev must be <= 4"):
+        ddim_step(s, x, 5, 5, x)
+    with pytest.raises(ValueError, match="noise must be given for t > 0"):
+        ddpm_step(s, x, 3, x)
+
+
 def test_sampler_rejects_non_models():
     s = NoiseSchedule.linear(10)
     with pytest.raises(TypeError, match="model must be callable"):
