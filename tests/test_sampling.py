@@ -80,7 +80,7 @@ def test_ddim_step_matches_diffusers():
     for t in (980, 500, 20, 0):
         for eta in (0.0, 0.7):
             noise = torch.randn(x_t.shape, generator=gen(t))
-            ours = ddim_step(s, x_t, t, t - 20, eps, eta=eta, noise=noise, clip_x0=True)
+            ours = ddim_step(s, x_t, t, max(t - 20, -1), eps, eta=eta, noise=noise, clip_x0=True)
             theirs = ref.step(eps, t, x_t, eta=eta, use_clipped_model_output=True,
                               variance_noise=noise if eta > 0 else None)
             torch.testing.assert_close(ours.x_prev, theirs.prev_sample, rtol=1e-4, atol=1e-5)
