@@ -193,18 +193,39 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def measure_throughput(config: TrainConfig, steps: int) -> float:
+    """Median training images/second of ``config`` over ``steps`` real steps (first log skipped)."""
+    import statistics
+    import tempfile
+
+    rates = []
+    log_every = max(1, steps // 6)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = config.replace(max_steps=steps + log_every, log_every=log_every, checkpoint_every=10**9,
+                             out_dir=tmp)
+        train(run, resume=False, progress=False, log=lambda *a: None,
+              callback=lambda info: rates.append(info["images_per_second"]))
+    return statistics.median(rates[1:])
+
+
 def cmd_profiles(args) -> int:
-    """Print each profile's model size and training budget (the README's profile table)."""
+    """Print each profile's model size and training budget (the README's profile table); with
+    --measure, also time a few real training steps of each on this machine."""
     from .unet import UNet
 
-    print("| profile | parameters | T | schedule | batch | steps | conditional |")
-    print("|---|---|---|---|---|---|---|")
+    header = "| profile | parameters | T | schedule | batch | steps | conditional |"
+    print(header + (" train img/s |" if args.measure else ""))
+    print("|---" * (7 + bool(args.measure)) + "|")
     for name in PROFILES:
         cfg = get_profile(name)
         params = UNet(cfg.model).num_parameters()
         cond = "yes" if cfg.model.num_classes else "no"
-        print(f"| `{name}` | {params / 1e6:.2f}M | {cfg.T} | {cfg.schedule} | {cfg.batch_size} | "
-              f"{cfg.max_steps} | {cond} |")
+        line = (f"| `{name}` | {params / 1e6:.2f}M | {cfg.T} | {cfg.schedule} | {cfg.batch_size} | "
+                f"{cfg.max_steps} | {cond} |")
+        if args.measure:
+            steps = max(6, int(args.measure * 64 / cfg.batch_size))
+            line += f" {measure_throughput(cfg.replace(device=args.device), steps):.0f} |"
+        print(line, flush=True)
     return 0
 
 
@@ -250,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("profiles", help="list the training profiles (model size, steps)")
+    p.add_argument("--measure", type=int, default=0, metavar="STEPS",
+                   help="also measure training images/s over about STEPS steps of 64 images each")
+    p.add_argument("--device", default="auto", help="device for --measure (default %(default)s)")
     p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("demo", help="train a small model for about a minute, then write a grid and a GIF")

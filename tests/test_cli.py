@@ -80,3 +80,10 @@ def test_help(command):
     result = subprocess.run([sys.executable, "-m", "ddpm_course", command, "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage: python -m ddpm_course " + command in result.stdout
+
+
+def test_measure_throughput(tiny_config):
+    from ddpm_course.cli import measure_throughput
+
+    rate = measure_throughput(tiny_config, steps=6)
+    assert 1 < rate < 1e6  # images per second of real training steps
