@@ -12,11 +12,12 @@ import torch
 
 from .checkpoints import load_checkpoint
 from .config import PROFILES, TrainConfig, default_profile_name, get_profile
-from .sampling import sample_ddim, sample_ddpm
+from .sampling import sample_ddim, sample_ddpm, sample_dpm_solver
 from .training import resolve_device, train
 from .visualize import ProcessRecorder, save_gif, save_grid
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm_solver")
+DEFAULT_STEPS = {"ddim": 50, "dpm_solver": 20}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -86,18 +87,23 @@ def generate(ckpt, n: int, *, sampler: str = "ddim", steps: int | None = None, e
     common = dict(labels=labels, guidance_scale=guidance, generator=gen, callback=callback, progress=progress)
     if sampler == "ddpm":
         return sample_ddpm(model, ckpt.schedule, shape, **common)
-    return sample_ddim(model, ckpt.schedule, shape, steps=steps or min(50, ckpt.schedule.T), eta=eta, **common)
+    steps = _num_sampler_steps(sampler, steps, ckpt.schedule.T)
+    if sampler == "dpm_solver":
+        return sample_dpm_solver(model, ckpt.schedule, shape, steps=steps, **common)
+    return sample_ddim(model, ckpt.schedule, shape, steps=steps, eta=eta, **common)
 
 
 def _num_sampler_steps(sampler: str, steps: int | None, T: int) -> int:
-    return T if sampler == "ddpm" else (steps or min(50, T))
+    """Model calls a sampler makes: T for DDPM, else ``steps`` (default 50 for DDIM, 20 for DPM-Solver++)."""
+    return T if sampler == "ddpm" else min(steps or DEFAULT_STEPS[sampler], T)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, default_n: int) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by 'train'")
     p.add_argument("--n", type=int, default=default_n, help="number of images (default %(default)s)")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default %(default)s")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50; DDPM always uses T)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="model calls for ddim (default 50) or dpm_solver (default 20); ddpm always uses T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 like DDPM")
     p.add_argument("--labels", default=None,
                    help="conditional models: 'all' (default: every digit in turn), 'none', or e.g. '3' or '0,1,2'")

@@ -44,8 +44,9 @@ def test_sample_grid_and_gif(ci_checkpoint, tmp_path, capsys):
     assert image.ndim == 2 and image.shape == (2 + 2 * 30, 2 + 10 * 30)  # 2 rows of 10 digits
     frames = iio.imread(gif)
     assert frames.shape[:3] == (4, *image.shape)  # 4 moments of the process, each a grid
-    assert main(["sample", "--checkpoint", str(ci_checkpoint), "--n", "4", "--sampler", "ddpm",
-                 "--labels", "3", "--out", str(tmp_path / "three.png")]) == 0
+    for sampler in ("ddpm", "dpm_solver"):
+        assert main(["sample", "--checkpoint", str(ci_checkpoint), "--n", "4", "--sampler", sampler,
+                     "--labels", "3", "--out", str(tmp_path / f"three_{sampler}.png")]) == 0
     with pytest.raises(SystemExit, match="--labels must lie in 0..9"):
         main(["sample", "--checkpoint", str(ci_checkpoint), "--n", "2", "--labels", "12",
               "--out", str(tmp_path / "x.png")])
