@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import sys
 import time
 from pathlib import Path
@@ -180,6 +181,78 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_evaluator(args) -> int:
+    from .evaluator import train_evaluator
+
+    card = train_evaluator(args.dataset, steps=args.steps, seed=args.seed, out_dir=args.out)
+    print(json.dumps(card, indent=2))
+    return 0
+
+
+def generate_many(ckpt, n: int, labels, batch_size: int, **kwargs) -> torch.Tensor:
+    """:func:`generate` in batches (seeds seed, seed + batch_size, ...), gathered on the CPU."""
+    seed = kwargs.pop("seed", 0)
+    out = []
+    for first in range(0, n, batch_size):
+        m = min(batch_size, n - first)
+        batch_labels = labels[first:first + m] if labels is not None else None
+        out.append(generate(ckpt, m, labels=batch_labels, seed=seed + first, progress=False, **kwargs).cpu())
+    return torch.cat(out)
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_samples, reference_images, sample_scores
+    from .evaluator import load_evaluator
+
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device)
+    evaluator = load_evaluator(args.evaluator, device)
+    real_a, real_b = reference_images(ckpt.config.dataset, args.num_samples)
+    labels = parse_labels("all" if ckpt.num_classes else None, args.num_samples, ckpt.num_classes)
+    start = time.perf_counter()
+    samples = generate_many(ckpt, args.num_samples, labels, args.batch_size, sampler=args.sampler, steps=args.steps,
+                            guidance=args.guidance, seed=args.seed)
+    seconds = time.perf_counter() - start
+    result = {"checkpoint": str(args.checkpoint), "sampler": args.sampler,
+              "steps": _num_sampler_steps(args.sampler, args.steps, ckpt.schedule.T),
+              "guidance_scale": args.guidance, "seed": args.seed,
+              **evaluate_samples(evaluator, samples, real_a, real_b, labels), "seconds": round(seconds, 2)}
+    print(format_report(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"JSON: {args.json}")
+    grid = args.grid or (Path(args.json).with_suffix(".png") if args.json else None)
+    if grid:
+        order = sample_scores(evaluator, samples, labels).argsort(descending=True)
+        k = min(30, len(samples) // 2)
+        save_grid(torch.cat([samples[order[:k]], samples[order[-k:]]]), grid, nrow=10)
+        print(f"Grid (top: the {k} most convincing samples, bottom: the {k} least): {grid}")
+    return 0
+
+
+def format_report(r: dict) -> str:
+    """A short table of an evaluation's numbers."""
+    acc = "n/a (unconditional)" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+    rows = [
+        ("samples", f"{r['num_samples']} ({r['sampler']}, {r['steps']} steps, guidance {r['guidance_scale']})"),
+        ("FID (evaluator features)", f"{r['fid']:.3f}"),
+        ("FID floor (real vs real, same N)", f"{r['fid_floor']:.3f}"),
+        ("FID ratio (1 = real)", f"{r['fid_ratio']:.2f}"),
+        ("label accuracy", acc),
+        ("confidence", f"{r['confidence']:.3f}"),
+        ("classes present / entropy", f"{r['diversity']['classes_present']}/10, "
+                                      f"{r['diversity']['normalized_entropy']:.3f} of the maximum"),
+        ("inception score (real data)", f"{r['inception_score']:.2f} ({r['real_inception_score']:.2f})"),
+        ("sampling time", f"{r['seconds']:.1f}s"),
+    ]
+    if r["per_class_accuracy"] is not None:
+        rows.insert(5, ("per class", " ".join(f"{c}:{100 * a:.0f}%" for c, a in enumerate(r["per_class_accuracy"])
+                                               if a is not None)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
 def cmd_demo(args) -> int:
     from .config import demo_config
 
@@ -237,8 +310,9 @@ def cmd_profiles(args) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ddpm_course",
-                                     description="DDPM course tools: train, sample, export, profiles, demo.")
+    parser = argparse.ArgumentParser(
+        prog="python -m ddpm_course",
+        description="DDPM course tools: train, sample, export, evaluate, evaluator, profiles, demo.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a profile",
@@ -276,6 +350,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("evaluator", help="train the offline digit classifier used by 'evaluate'")
+    esub = p.add_subparsers(dest="evaluator_command", required=True, metavar="ACTION")
+    q = esub.add_parser("train", help="train it and write assets/evaluator-DATASET.pt and .json")
+    q.add_argument("--dataset", choices=["mnist", "fashion_mnist"], default="mnist")
+    q.add_argument("--steps", type=int, default=2000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default=None, help="folder (default: assets/)")
+    q.set_defaults(func=cmd_evaluator)
+
+    p = sub.add_parser("evaluate", help="sample from a checkpoint and measure FID, accuracy, confidence, ...")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--num-samples", dest="num_samples", type=int, default=1000)
+    p.add_argument("--sampler", choices=SAMPLERS, default="dpm_solver", help="default %(default)s")
+    p.add_argument("--steps", type=int, default=None, help="ddim default 50, dpm_solver default 20")
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=250)
+    p.add_argument("--evaluator", choices=["mnist", "fashion_mnist"], default="mnist")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, help="write the results here as JSON")
+    p.add_argument("--grid", default=None, help="PNG of the most and least convincing samples "
+                                                "(default: next to --json)")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("profiles", help="list the training profiles (model size, steps)")
     p.add_argument("--measure", type=int, default=0, metavar="STEPS",
                    help="also measure training images/s over about STEPS steps of 64 images each")
@@ -296,7 +394,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "profile", "unset") is None:
         args.profile = default_profile_name()
-    for name in ("n", "steps", "batch_size", "max_steps"):
+    for name in ("n", "steps", "batch_size", "max_steps", "num_samples"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")

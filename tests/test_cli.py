@@ -1,5 +1,6 @@
 """The command line on the ci profile: train, sample (with a GIF), export, demo, --help."""
 
+import json
 import subprocess
 import sys
 
@@ -88,3 +89,18 @@ def test_measure_throughput(tiny_config):
 
     rate = measure_throughput(tiny_config, steps=6)
     assert 1 < rate < 1e6  # images per second of real training steps
+
+
+def test_evaluate_json(ci_checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(ci_checkpoint), "--num-samples", "40", "--sampler", "ddim",
+                 "--steps", "3", "--guidance", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for key in ("num_samples", "sampler", "steps", "guidance_scale", "fid", "fid_floor", "fid_ratio", "confidence",
+                "diversity", "accuracy", "per_class_accuracy", "inception_score", "seconds"):
+        assert key in result, key
+    assert result["num_samples"] == 40 and result["steps"] == 3 and result["guidance_scale"] == 2.0
+    assert abs(result["fid_ratio"] - result["fid"] / result["fid_floor"]) < 1e-9
+    assert 0 <= result["accuracy"] <= 1 and len(result["per_class_accuracy"]) == 10
+    assert iio.imread(out.with_suffix(".png")).shape == (2 + 6 * 30, 2 + 10 * 30)  # 3 rows best, 3 rows worst
+    assert "FID floor" in capsys.readouterr().out

@@ -1,0 +1,102 @@
+import json
+import math
+
+import pytest
+import torch
+
+from ddpm_course.evaluation import (
+    confidence,
+    diversity,
+    frechet_distance,
+    inception_score,
+    label_accuracy,
+    reference_images,
+)
+from ddpm_course.evaluator import DigitClassifier, classifier_accuracy, load_evaluator, train_evaluator
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_fid_known_answer_and_floor():
+    """N(0, I) vs N(m, s^2 I) in D dimensions: FID = D m^2 + D (1 - s)^2."""
+    D, N = 16, 20000
+    a = torch.randn(N, D, generator=gen(0))
+    b = torch.randn(N, D, generator=gen(1)) * 2 + 0.5
+    assert abs(frechet_distance(a, b) - (D * 0.25 + D * 1.0)) < 0.3
+    same = frechet_distance(a, torch.randn(N, D, generator=gen(2)))
+    assert 0 <= same < 0.02  # real vs real at large N: near 0
+    noise = frechet_distance(a, torch.rand(N, D, generator=gen(3)) * 10)
+    assert noise > 100 * max(same, 1e-3)  # far from 0 against noise
+    with pytest.raises(ValueError, match="same D"):
+        frechet_distance(a, b[:, :3])
+
+
+def test_inception_score_confidence_diversity_known_answers():
+    certain = torch.eye(10).repeat(30, 1)
+    assert abs(inception_score(certain) - 10) < 1e-6 and confidence(certain) == 1.0
+    assert abs(inception_score(torch.full((50, 10), 0.1)) - 1) < 1e-6
+    one_class = torch.zeros(40, 10)
+    one_class[:, 3] = 1
+    assert abs(inception_score(one_class) - 1) < 1e-6
+    d = diversity(one_class)
+    assert d["classes_present"] == 1 and d["entropy"] == 0 and d["histogram"][3] == 40
+    d = diversity(certain)
+    assert d["classes_present"] == 10 and abs(d["normalized_entropy"] - 1) < 1e-9
+    half = torch.tensor([[0.5, 0.5] + [0.0] * 8] * 4)
+    assert confidence(half) == 0.5
+
+
+def test_label_accuracy_per_class():
+    probs = torch.eye(10)[torch.tensor([0, 1, 1, 2])]
+    overall, per_class = label_accuracy(probs, torch.tensor([0, 1, 2, 2]))
+    assert overall == 0.75 and per_class[:3] == [1.0, 1.0, 0.5] and per_class[5] is None
+
+
+def test_evaluator_card_and_hash(tmp_path, synthetic_root):
+    card = train_evaluator("mnist", steps=20, batch_size=16, out_dir=tmp_path, root=synthetic_root, log=lambda *a: None)
+    assert card["train_images"] == 64 and card["heldout_images"] == 32 and "train split" in card["data"]
+    on_disk = json.loads((tmp_path / "evaluator-mnist.json").read_text())
+    assert on_disk == card and len(card["sha256"]) == 64
+    model = load_evaluator("mnist", assets=tmp_path)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)  # 32x32 is centre-cropped
+    weights = tmp_path / "evaluator-mnist.pt"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ValueError, match="corrupted or not the one the card describes"):
+        load_evaluator("mnist", assets=tmp_path)
+    with pytest.raises(FileNotFoundError, match="evaluator train --dataset fashion_mnist"):
+        load_evaluator("fashion_mnist", assets=tmp_path)
+
+
+def test_shipped_evaluator_meets_its_card():
+    """The shipped weights match their card, and re-measuring on the held-out digits agrees."""
+    from ddpm_course import load_mnist
+
+    model = load_evaluator("mnist")
+    card = model.card
+    assert card["heldout_accuracy"] >= 0.985 and card["parameters"] == sum(p.numel() for p in model.parameters())
+    test = load_mnist("test")
+    if "test split only" in card["data"]:
+        held_x, held_y = test.images[card["train_images"]:], test.labels[card["train_images"]:]
+    else:
+        held_x, held_y = test.images, test.labels
+    assert len(held_x) == card["heldout_images"]
+    assert abs(classifier_accuracy(model, held_x, held_y) - card["heldout_accuracy"]) < 1e-4
+    # real digits score as real digits
+    probs = torch.softmax(model(held_x[:1000]), dim=1)
+    assert inception_score(probs) > 9.0 and confidence(probs) > 0.95
+
+
+def test_reference_images_are_disjoint_and_bounded(synthetic_root):
+    a, b = reference_images("mnist", 30, root=synthetic_root)
+    assert a.shape == b.shape == (30, 1, 28, 28)
+    assert not any(torch.equal(x, y) for x in a for y in b)
+    with pytest.raises(ValueError, match="num_samples must be <= 32"):
+        reference_images("mnist", 40, root=synthetic_root)
+
+
+def test_classifier_crop_rejects_small_images():
+    with pytest.raises(ValueError, match="H, W >= 28"):
+        DigitClassifier()(torch.zeros(1, 1, 14, 14))
+    assert math.isfinite(DigitClassifier()(torch.zeros(1, 1, 28, 28)).sum().item())
