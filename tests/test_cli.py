@@ -102,5 +102,5 @@ def test_evaluate_json(ci_checkpoint, tmp_path, capsys):
     assert result["num_samples"] == 40 and result["steps"] == 3 and result["guidance_scale"] == 2.0
     assert abs(result["fid_ratio"] - result["fid"] / result["fid_floor"]) < 1e-9
     assert 0 <= result["accuracy"] <= 1 and len(result["per_class_accuracy"]) == 10
-    assert iio.imread(out.with_suffix(".png")).shape == (2 + 6 * 30, 2 + 10 * 30)  # 3 rows best, 3 rows worst
+    assert iio.imread(out.with_suffix(".png")).shape == (2 + 4 * 30, 2 + 10 * 30)  # 20 best, then 20 worst
     assert "FID floor" in capsys.readouterr().out

@@ -62,7 +62,9 @@ def test_evaluator_card_and_hash(tmp_path, synthetic_root):
     model = load_evaluator("mnist", assets=tmp_path)
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)  # 32x32 is centre-cropped
     weights = tmp_path / "evaluator-mnist.pt"
-    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip one byte
+    weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="corrupted or not the one the card describes"):
         load_evaluator("mnist", assets=tmp_path)
     with pytest.raises(FileNotFoundError, match="evaluator train --dataset fashion_mnist"):
