@@ -95,10 +95,22 @@ def _split_data(dataset: str, root=None):
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to 2 pixels: pad with background and crop back to 28x28."""
+    """Random shifts of up to 2 pixels, and on half the images the artefacts generated digits
+    have: pixel noise (std up to 0.2), a background offset (up to +-0.15) and weaker or stronger
+    strokes (x0.7 to x1.2). Without them the classifier reads a digit on a slightly grey
+    background as another digit (measured: 52% accuracy at a +0.1 offset)."""
     padded = F.pad(x, (2, 2, 2, 2), value=-1.0)
     dx, dy = torch.randint(0, 5, (2,), generator=generator).tolist()
-    return padded[..., dy:dy + 28, dx:dx + 28]
+    x = padded[..., dy:dy + 28, dx:dx + 28]
+    B = x.shape[0]
+
+    def uniform(lo, hi):
+        return lo + (hi - lo) * torch.rand(B, 1, 1, 1, generator=generator)
+
+    on = (torch.rand(B, 1, 1, 1, generator=generator) < 0.5).float()
+    noisy = (x + 1) * uniform(0.7, 1.2) - 1 + uniform(-0.15, 0.15)
+    noisy = noisy + uniform(0.0, 0.2) * torch.randn(x.shape, generator=generator)
+    return (on * noisy + (1 - on) * x).clamp(-1, 1)
 
 
 @torch.no_grad()
@@ -142,7 +154,8 @@ def train_evaluator(dataset: str = "mnist", *, steps: int = 2000, batch_size: in
         "data": described,
         "train_images": len(x_train), "heldout_images": len(x_test),
         "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-        "augmentation": "random shifts of up to 2 pixels",
+        "augmentation": "shifts of up to 2 pixels; on half the images pixel noise (std <= 0.2), "
+                        "background offset (+-0.15) and stroke contrast (x0.7-1.2)",
         "heldout_accuracy": round(accuracy, 5),
         "train_seconds": round(seconds, 1),
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -29,3 +29,11 @@ def test_quick_start_is_three_commands():
     block = README.split("## Quick start")[1].split("```bash")[1].split("```")[0]
     commands = [line for line in block.splitlines() if line.strip()]
     assert commands == ["pip install -r requirements.txt", "python -m ddpm_course demo", "python -m pytest"]
+
+
+def test_evaluator_accuracy_quoted_from_its_card():
+    import json
+
+    card = json.loads((Path(__file__).resolve().parents[1] / "assets" / "evaluator-mnist.json").read_text())
+    assert f"held-out accuracy ({100 * card['heldout_accuracy']:.2f}%)" in README
+    assert card["command"].startswith("python -m ddpm_course evaluator train --dataset mnist")
