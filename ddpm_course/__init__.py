@@ -17,8 +17,10 @@ from .data import (
     load_mnist,
 )
 from .ema import EMA
+from .evaluator import load_evaluator
 from .guidance import guidance_combine, predict_noise
 from .losses import diffusion_loss, noise_batch
+from .pretrained import load_pretrained
 from .sampling import (
     StepOutput,
     ddim_step,
@@ -53,7 +55,9 @@ __all__ = [
     "load_dataset",
     "load_fashion_mnist",
     "load_image_folder",
+    "load_evaluator",
     "load_mnist",
+    "load_pretrained",
     "noise_batch",
     "NoiseSchedule",
     "predict_noise",

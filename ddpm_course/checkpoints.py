@@ -22,6 +22,7 @@ from .schedules import NoiseSchedule
 from .unet import UNet
 
 FORMAT = "ddpm_course.checkpoint/1"
+PRETRAINED_FORMAT = "ddpm_course.pretrained/1"  # EMA weights only (ddpm_course.pretrained)
 
 
 def save_checkpoint(state: dict, path) -> Path:
@@ -48,7 +49,7 @@ def read_checkpoint(path, device="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r} is not a file")
     state = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, PRETRAINED_FORMAT):
         raise ValueError(f"{path} is not a ddpm_course checkpoint (expected format {FORMAT!r})")
     return state
 
@@ -72,13 +73,17 @@ class Checkpoint:
 
 
 def load_checkpoint(path, device="cpu") -> Checkpoint:
-    """Load a checkpoint written by :func:`ddpm_course.train` onto ``device``."""
+    """Load a checkpoint written by :func:`ddpm_course.train` (or a shipped pretrained model,
+    whose ``.model`` is its EMA weights) onto ``device``."""
     state = read_checkpoint(path, device)
     config = TrainConfig.from_dict(state["config"])
-    model = UNet(config.model).to(device)
-    model.load_state_dict(state["model"])
     ema_model = UNet(config.model).to(device)
-    ema_model.load_state_dict(state["ema"])
+    ema_model.load_state_dict(state["ema"])  # float16 weights of a shipped model become float32
+    if "model" in state:
+        model = UNet(config.model).to(device)
+        model.load_state_dict(state["model"])
+    else:  # a shipped model carries only its EMA weights
+        model = ema_model
     schedule = NoiseSchedule.from_name(config.schedule, config.T).to(device)
     return Checkpoint(model.eval(), ema_model.eval(), schedule, config, int(state["step"]), Path(path),
                       [tuple(h) for h in state.get("history", [])], dict(state.get("info", {})))

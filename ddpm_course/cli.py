@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -201,22 +202,13 @@ def generate_many(ckpt, n: int, labels, batch_size: int, **kwargs) -> torch.Tens
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_samples, reference_images, sample_scores
-    from .evaluator import load_evaluator
+    from .evaluation import sample_scores
 
-    device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint, device)
-    evaluator = load_evaluator(args.evaluator, device)
-    real_a, real_b = reference_images(ckpt.config.dataset, args.num_samples)
-    labels = parse_labels("all" if ckpt.num_classes else None, args.num_samples, ckpt.num_classes)
-    start = time.perf_counter()
-    samples = generate_many(ckpt, args.num_samples, labels, args.batch_size, sampler=args.sampler, steps=args.steps,
-                            guidance=args.guidance, seed=args.seed)
-    seconds = time.perf_counter() - start
-    result = {"checkpoint": str(args.checkpoint), "sampler": args.sampler,
-              "steps": _num_sampler_steps(args.sampler, args.steps, ckpt.schedule.T),
-              "guidance_scale": args.guidance, "seed": args.seed,
-              **evaluate_samples(evaluator, samples, real_a, real_b, labels), "seconds": round(seconds, 2)}
+    ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    result, samples, labels, evaluator = run_evaluation(
+        ckpt, args.evaluator, args.num_samples, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+        seed=args.seed, batch_size=args.batch_size)
+    result = {"checkpoint": str(args.checkpoint), **result}
     print(format_report(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -253,22 +245,122 @@ def format_report(r: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def run_evaluation(ckpt, evaluator_name: str, num_samples: int, *, sampler: str = "dpm_solver",
+                   steps: int | None = None, guidance: float = 1.0, seed: int = 0, batch_size: int = 250) -> tuple:
+    """Sample ``num_samples`` images from a loaded checkpoint and evaluate them.
+
+    Returns (result dict, samples, labels or None, the evaluator)."""
+    from .evaluation import evaluate_samples, reference_images
+    from .evaluator import load_evaluator
+
+    device = next(ckpt.ema_model.parameters()).device
+    evaluator = load_evaluator(evaluator_name, device)
+    real_a, real_b = reference_images(ckpt.config.dataset, num_samples)
+    labels = parse_labels("all" if ckpt.num_classes else None, num_samples, ckpt.num_classes)
+    start = time.perf_counter()
+    samples = generate_many(ckpt, num_samples, labels, batch_size, sampler=sampler, steps=steps,
+                            guidance=guidance, seed=seed)
+    seconds = time.perf_counter() - start
+    result = {"sampler": sampler, "steps": _num_sampler_steps(sampler, steps, ckpt.schedule.T),
+              "guidance_scale": guidance, "seed": seed,
+              **evaluate_samples(evaluator, samples, real_a, real_b, labels), "seconds": round(seconds, 2)}
+    return result, samples, labels, evaluator
+
+
+def cmd_pretrained(args) -> int:
+    from .pretrained import export_pretrained, write_card
+
+    path = export_pretrained(args.checkpoint, args.name, command=args.command)
+    ckpt = load_checkpoint(path, resolve_device(args.device))
+    guidance = args.guidance if ckpt.num_classes else 1.0
+    result, *_ = run_evaluation(ckpt, "mnist", args.num_samples, guidance=guidance)
+    result["command"] = (f"python -m ddpm_course evaluate --checkpoint {Path(os.path.relpath(path)).as_posix()} "
+                         f"--num-samples {args.num_samples} --guidance {guidance}")
+    print(format_report(result))
+    card = write_card(args.name, result, note=args.note)
+    print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and its card (sha256 {card['sha256'][:12]}...)")
+    return 0
+
+
+def cmd_pretrained_table(args) -> int:
+    """Print the shipped models' cards as a markdown table (the README's table)."""
+    from .pretrained import PRETRAINED, pretrained_paths
+
+    print("| model | parameters | trained | FID ratio (FID / floor) | label accuracy | IS | evaluated with |")
+    print("|---|---|---|---|---|---|---|")
+    for name in PRETRAINED:
+        card = json.loads(pretrained_paths(name)[1].read_text())
+        e = card["evaluation"]
+        acc = "—" if e["accuracy"] is None else f"{100 * e['accuracy']:.1f}%"
+        print(f"| `{name}` | {card['parameters'] / 1e6:.2f}M | {card['steps']} steps x {card['batch_size']}, "
+              f"{card['train_seconds']:.0f} s, {card['machine']} | {e['fid_ratio']:.2f} ({e['fid']:.1f} / "
+              f"{e['fid_floor']:.1f}) | {acc} | {e['inception_score']:.2f} | {e['num_samples']} samples, "
+              f"{e['sampler']} {e['steps']} steps, guidance {e['guidance_scale']} |")
+    return 0
+
+
+DEFAULT_SAMPLING_GRID = ("ddpm", "ddim:10", "ddim:20", "ddim:50", "ddim:100", "ddim:250",
+                         "dpm_solver:10", "dpm_solver:20")
+
+
+def parse_sampler_spec(spec: str) -> tuple:
+    """"ddim:50" -> ("ddim", 50); "ddpm" -> ("ddpm", None)."""
+    name, _, steps = spec.partition(":")
+    if name not in SAMPLERS or (steps and not steps.isdigit()):
+        raise SystemExit(f"error: sampler specs look like ddpm, ddim:50 or dpm_solver:20; got {spec!r}")
+    return name, int(steps) if steps else None
+
+
+def cmd_benchmark_sampling(args) -> int:
+    """Quality against steps (report 001's table, done properly): FID ratio, accuracy, seconds."""
+    ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    rows = []
+    for spec in args.samplers:
+        sampler, steps = parse_sampler_spec(spec)
+        result, *_ = run_evaluation(ckpt, "mnist", args.num_samples, sampler=sampler, steps=steps,
+                                    guidance=args.guidance if ckpt.num_classes else 1.0, seed=args.seed)
+        rows.append(result)
+        print(f"{sampler} {result['steps']} steps: FID ratio {result['fid_ratio']:.2f}, "
+              f"{result['seconds']:.1f}s", flush=True)
+    acc = lambda r: "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"  # noqa: E731
+    lines = [f"Checkpoint `{args.checkpoint}`, {args.num_samples} samples per row, guidance "
+             f"{rows[0]['guidance_scale']}, seed {args.seed}; FID floor (real vs real, same N) "
+             f"{rows[0]['fid_floor']:.2f}.", "",
+             "| sampler | model calls | FID | FID ratio | label accuracy | seconds |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['sampler']} | {r['steps']} | {r['fid']:.2f} | {r['fid_ratio']:.2f} | {acc(r)} | "
+              f"{r['seconds']:.1f} |" for r in rows]
+    table = "\n".join(lines)
+    print("\n" + table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sampling.md").write_text(table + "\n")
+    (out / "sampling.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"\nWrote {out / 'sampling.md'} and {out / 'sampling.json'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .config import demo_config
+    from .pretrained import load_pretrained, pretrained_paths
 
     out = Path(args.out)
-    config = demo_config(out_dir=str(out / "run"), max_steps=args.max_steps, seed=args.seed)
-    print(f"Training a small class-conditional model for {config.max_steps} steps on the CPU "
-          f"(about a minute). Re-running resumes from {config.out_dir}.")
-    path = train(config, resume=True, progress=not args.no_progress)
-    ckpt = load_checkpoint(path)
+    shipped = pretrained_paths("mnist-cond")[0]
+    if args.train or args.max_steps or not shipped.is_file():
+        config = demo_config(out_dir=str(out / "run"), max_steps=args.max_steps, seed=args.seed)
+        print(f"Training a small class-conditional model for {config.max_steps} steps on the CPU "
+              f"(about a minute). Re-running resumes from {config.out_dir}.")
+        ckpt = load_checkpoint(train(config, resume=True, progress=not args.no_progress))
+    else:
+        ckpt = load_pretrained("mnist-cond")
+        print(f"Sampling from the shipped model {shipped} (trained with: {ckpt.info['card']['command']}).\n"
+              "Add --train to train your own small model first (about a minute on a CPU).")
     labels = torch.arange(100) % 10
     recorder = ProcessRecorder(50, num_frames=25, kind="x_t")
     x = generate(ckpt, 100, sampler="ddim", steps=50, labels=labels, guidance=args.guidance, seed=args.seed,
                  callback=recorder, progress=not args.no_progress)
     grid = save_grid(x, out / "samples.png", nrow=10)
     gif = save_gif(recorder.finish(x), out / "denoising.gif", nrow=10, fps=8)
-    print(f"\nCheckpoint: {path}\nSample grid (each column one digit, 0-9): {grid}\nDenoising GIF: {gif}")
+    print(f"\nSample grid (each column one digit, 0-9): {grid}\nDenoising GIF: {gif}")
     return 0
 
 
@@ -374,15 +466,45 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(default: next to --json)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("pretrained", help="ship a trained checkpoint in assets/ (EMA weights, card, evaluation)")
+    psub = p.add_subparsers(dest="pretrained_command", required=True, metavar="ACTION")
+    q = psub.add_parser("export", help="write assets/pretrained-NAME.pt, evaluate it, write its card")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--name", choices=["mnist-cond", "mnist-uncond"], required=True)
+    q.add_argument("--command", required=True, help="the exact command that trained the checkpoint")
+    q.add_argument("--num-samples", dest="num_samples", type=int, default=1000)
+    q.add_argument("--guidance", type=float, default=3.0, help="for conditional models (default %(default)s)")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--note", default=None, help="anything a reader of the card should know")
+    q.set_defaults(func=cmd_pretrained)
+
+    q = psub.add_parser("table", help="print the shipped models' cards as a markdown table")
+    q.set_defaults(func=cmd_pretrained_table)
+
+    p = sub.add_parser("benchmark", help="measure quality against sampling steps")
+    bsub = p.add_subparsers(dest="benchmark_command", required=True, metavar="WHAT")
+    q = bsub.add_parser("sampling", help="FID ratio, accuracy and time of DDPM, DDIM, DPM-Solver++ by steps")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--num-samples", dest="num_samples", type=int, default=500)
+    q.add_argument("--samplers", nargs="+", default=list(DEFAULT_SAMPLING_GRID),
+                   help="specs like ddpm ddim:50 dpm_solver:20 (default: %(default)s)")
+    q.add_argument("--guidance", type=float, default=3.0, help="for conditional models (default %(default)s)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="auto")
+    q.add_argument("--out", default="benchmarks", help="folder for sampling.md and sampling.json")
+    q.set_defaults(func=cmd_benchmark_sampling)
+
     p = sub.add_parser("profiles", help="list the training profiles (model size, steps)")
     p.add_argument("--measure", type=int, default=0, metavar="STEPS",
                    help="also measure training images/s over about STEPS steps of 64 images each")
     p.add_argument("--device", default="auto", help="device for --measure (default %(default)s)")
     p.set_defaults(func=cmd_profiles)
 
-    p = sub.add_parser("demo", help="train a small model for about a minute, then write a grid and a GIF")
+    p = sub.add_parser("demo", help="sample a grid and a GIF of the denoising from the shipped model "
+                                    "(or, with --train, from a model trained for about a minute)")
     p.add_argument("--out", default="demo", help="output folder (default %(default)s)")
-    p.add_argument("--max-steps", dest="max_steps", type=int, default=None)
+    p.add_argument("--train", action="store_true", help="train a small model first instead of using the shipped one")
+    p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="with --train (implies it)")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")

@@ -50,6 +50,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def describe_machine(device: torch.device) -> str:
+    """A short description of where training ran, for checkpoints and model cards."""
+    import os
+    import platform
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} GPU"
+    return f"{os.cpu_count()}-core {platform.machine()} CPU ({device.type})"
+
+
 def resolve_precision(setting: str, device: torch.device) -> str:
     """The autocast dtype to use: "no" off CUDA; "auto" is bf16 on Ampere or newer, else fp16."""
     if device.type != "cuda":
@@ -173,6 +183,7 @@ class Trainer:
             "history": [list(h) for h in self.history],
             "info": {
                 "data": self.data.name, "num_images": len(self.data), "device": str(self.device),
+                "machine": describe_machine(self.device),
                 "precision": self.precision, "train_seconds": round(self.elapsed, 2),
                 "torch": str(torch.__version__), "ddpm_course": __version__,
             },

@@ -69,8 +69,15 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
 
 
-def test_demo(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--max-steps", "3", "--no-progress"]) == 0
+def test_demo_from_the_shipped_model(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Sampling from the shipped model" in out and "samples.png" in out
+    assert iio.imread(tmp_path / "demo" / "samples.png").shape == (302, 302)
+
+
+def test_demo_training(tmp_path, capsys):
+    assert main(["demo", "--train", "--out", str(tmp_path / "demo"), "--max-steps", "3", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "samples.png" in out and "denoising.gif" in out
     assert iio.imread(tmp_path / "demo" / "samples.png").shape == (302, 302)
@@ -104,3 +111,15 @@ def test_evaluate_json(ci_checkpoint, tmp_path, capsys):
     assert 0 <= result["accuracy"] <= 1 and len(result["per_class_accuracy"]) == 10
     assert iio.imread(out.with_suffix(".png")).shape == (2 + 4 * 30, 2 + 10 * 30)  # 20 best, then 20 worst
     assert "FID floor" in capsys.readouterr().out
+
+
+def test_benchmark_sampling(ci_checkpoint, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["benchmark", "sampling", "--checkpoint", str(ci_checkpoint), "--num-samples", "20",
+                 "--samplers", "ddim:2", "dpm_solver:3", "--out", str(out)]) == 0
+    rows = json.loads((out / "sampling.json").read_text())
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("dpm_solver", 3)]
+    table = (out / "sampling.md").read_text()
+    assert "| ddim | 2 |" in table and "| dpm_solver | 3 |" in table
+    with pytest.raises(SystemExit, match="sampler specs look like"):
+        main(["benchmark", "sampling", "--checkpoint", str(ci_checkpoint), "--samplers", "euler:5"])

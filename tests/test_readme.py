@@ -37,3 +37,10 @@ def test_evaluator_accuracy_quoted_from_its_card():
     card = json.loads((Path(__file__).resolve().parents[1] / "assets" / "evaluator-mnist.json").read_text())
     assert f"held-out accuracy ({100 * card['heldout_accuracy']:.2f}%)" in README
     assert card["command"].startswith("python -m ddpm_course evaluator train --dataset mnist")
+
+
+def test_pretrained_table_is_the_cards(capsys):
+    main(["pretrained", "table"])
+    printed = capsys.readouterr().out.strip()
+    block = README.split("<!-- pretrained:start -->")[1].split("<!-- pretrained:end -->")[0].strip()
+    assert block == printed, "README's pretrained table is stale: paste `python -m ddpm_course pretrained table`"
