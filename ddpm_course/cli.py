@@ -355,8 +355,8 @@ def cmd_demo(args) -> int:
         print(f"Sampling from the shipped model {shipped} (trained with: {ckpt.info['card']['command']}).\n"
               "Add --train to train your own small model first (about a minute on a CPU).")
     labels = torch.arange(100) % 10
-    recorder = ProcessRecorder(50, num_frames=25, kind="x_t")
-    x = generate(ckpt, 100, sampler="ddim", steps=50, labels=labels, guidance=args.guidance, seed=args.seed,
+    recorder = ProcessRecorder(args.steps, num_frames=min(25, args.steps), kind="x_t")
+    x = generate(ckpt, 100, sampler="ddim", steps=args.steps, labels=labels, guidance=args.guidance, seed=args.seed,
                  callback=recorder, progress=not args.no_progress)
     grid = save_grid(x, out / "samples.png", nrow=10)
     gif = save_gif(recorder.finish(x), out / "denoising.gif", nrow=10, fps=8)
@@ -506,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="train a small model first instead of using the shipped one")
     p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="with --train (implies it)")
     p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
