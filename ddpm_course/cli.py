@@ -163,18 +163,16 @@ def cmd_export(args) -> int:
     labels = parse_labels(args.labels, args.n, ckpt.num_classes)
     start, written = time.perf_counter(), 0
     rows = []
-    for first in range(0, args.n, args.batch_size):
-        n = min(args.batch_size, args.n - first)
-        batch_labels = labels[first:first + n] if labels is not None else None
-        x = generate(ckpt, n, sampler=args.sampler, steps=args.steps, eta=args.eta, labels=batch_labels,
-                     guidance=args.guidance, seed=args.seed + first, use_ema=not args.no_ema, progress=False)
-        pixels = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-        for i in range(n):
+    batches = generate_batches(ckpt, args.n, labels, args.batch_size, sampler=args.sampler, steps=args.steps,
+                               eta=args.eta, guidance=args.guidance, seed=args.seed, use_ema=not args.no_ema)
+    for first, x, batch_labels in batches:
+        pixels = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        for i in range(len(x)):
             name = f"{first + i:05d}.png"
             image = pixels[i, 0] if pixels.shape[1] == 1 else pixels[i].permute(1, 2, 0)
             iio.imwrite(out / name, image.numpy())
             rows.append(f"{name},{int(batch_labels[i])}" if batch_labels is not None else name)
-        written += n
+        written += len(x)
         print(f"{written}/{args.n} images", flush=True)
     if labels is not None:
         (out / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
@@ -190,15 +188,20 @@ def cmd_evaluator(args) -> int:
     return 0
 
 
-def generate_many(ckpt, n: int, labels, batch_size: int, **kwargs) -> torch.Tensor:
-    """:func:`generate` in batches (seeds seed, seed + batch_size, ...), gathered on the CPU."""
+def generate_batches(ckpt, n: int, labels, batch_size: int, **kwargs):
+    """:func:`generate` in batches with seeds seed, seed + batch_size, ...; yields
+    (index of the first image, samples on the CPU, their labels or None)."""
     seed = kwargs.pop("seed", 0)
-    out = []
     for first in range(0, n, batch_size):
         m = min(batch_size, n - first)
         batch_labels = labels[first:first + m] if labels is not None else None
-        out.append(generate(ckpt, m, labels=batch_labels, seed=seed + first, progress=False, **kwargs).cpu())
-    return torch.cat(out)
+        yield first, generate(ckpt, m, labels=batch_labels, seed=seed + first, progress=False, **kwargs).cpu(), \
+            batch_labels
+
+
+def generate_many(ckpt, n: int, labels, batch_size: int, **kwargs) -> torch.Tensor:
+    """All of :func:`generate_batches`, gathered: (n, C, H, W) on the CPU."""
+    return torch.cat([x for _, x, _ in generate_batches(ckpt, n, labels, batch_size, **kwargs)])
 
 
 def cmd_evaluate(args) -> int:
