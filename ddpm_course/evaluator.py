@@ -175,6 +175,16 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
+def verified_card(weights: Path, card_path: Path) -> dict:
+    """The JSON card of a shipped file, after checking that the file's sha256 is the card's."""
+    card = json.loads(Path(card_path).read_text())
+    actual = sha256(weights)
+    if actual != card["sha256"]:
+        raise ValueError(f"{weights} has sha256 {actual}, but its card {card_path} says {card['sha256']}: "
+                         "the file is corrupted or not the one the card describes")
+    return card
+
+
 def load_evaluator(name: str = "mnist", device="cpu", assets=None) -> DigitClassifier:
     """The shipped evaluator for ``name`` ("mnist" or "fashion_mnist"), in eval mode.
 
@@ -188,11 +198,7 @@ def load_evaluator(name: str = "mnist", device="cpu", assets=None) -> DigitClass
             f"evaluator {name!r} not found: expected {weights} and {card_path}. Train it with "
             f"`python -m ddpm_course evaluator train --dataset {name}`"
         )
-    card = json.loads(card_path.read_text())
-    actual = sha256(weights)
-    if actual != card["sha256"]:
-        raise ValueError(f"{weights} has sha256 {actual}, but its card {card_path} says {card['sha256']}: "
-                         "the file is corrupted or not the one the card describes")
+    card = verified_card(weights, card_path)
     state = torch.load(weights, map_location=device, weights_only=True)
     model = DigitClassifier().to(device)
     model.load_state_dict(state["model"])

@@ -15,7 +15,7 @@ import torch
 
 from ._checks import check_choice
 from .checkpoints import PRETRAINED_FORMAT, Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
-from .evaluator import assets_dir, sha256
+from .evaluator import assets_dir, sha256, verified_card
 from .training import describe_machine
 
 PRETRAINED = ("mnist-cond", "mnist-uncond")
@@ -80,11 +80,7 @@ def load_pretrained(name: str = "mnist-cond", device="cpu", assets=None) -> Chec
     weights, card_path = pretrained_paths(name, assets)
     if not weights.is_file() or not card_path.is_file():
         raise FileNotFoundError(f"pretrained model {name!r} not found: expected {weights} and {card_path}")
-    card = json.loads(card_path.read_text())
-    actual = sha256(weights)
-    if actual != card["sha256"]:
-        raise ValueError(f"{weights} has sha256 {actual}, but its card {card_path} says {card['sha256']}: "
-                         "the file is corrupted or not the one the card describes")
+    card = verified_card(weights, card_path)
     ckpt = load_checkpoint(weights, device)
     ckpt.info["card"] = card
     return ckpt

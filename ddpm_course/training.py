@@ -13,6 +13,8 @@ to step N in one go or in several interrupted pieces gives the same weights on a
 from __future__ import annotations
 
 import math
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -52,9 +54,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def describe_machine(device: torch.device) -> str:
     """A short description of where training ran, for checkpoints and model cards."""
-    import os
-    import platform
-
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} GPU"
     return f"{os.cpu_count()}-core {platform.machine()} CPU ({device.type})"
