@@ -1,4 +1,4 @@
-"""Command line: ``python -m ddpm_course train|sample|export|demo`` (``--help`` on each)."""
+"""Command line: ``python -m ddpm_course train|sample|export|evaluate|benchmark|exercises|demo|...`` (``--help``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import exercises, grading, student_edition
 from .checkpoints import load_checkpoint
 from .config import PROFILES, TrainConfig, default_profile_name, get_profile
 from .sampling import sample_ddim, sample_ddpm, sample_dpm_solver
@@ -403,11 +404,44 @@ def cmd_profiles(args) -> int:
     return 0
 
 
+def cmd_exercises_build(args) -> int:
+    stale = student_edition.build(args.notebooks, args.out, check=args.check)
+    if args.check:
+        for path in stale:
+            print(f"out of date: {path}")
+        if stale:
+            print("run: python -m ddpm_course exercises build", file=sys.stderr)
+        return 1 if stale else 0
+    print(f"wrote {len(stale)} notebook(s)" + "".join(f"\n  {p}" for p in stale) if stale else "already up to date")
+    return 0
+
+
+def cmd_exercises_grade(args) -> int:
+    grades = []
+    for path in args.files:
+        print(f"grading {path} ...", flush=True)
+        grades.append(grading.grade_notebook(path, timeout=args.timeout, profile=args.profile))
+    print(grading.format_grades(grades))
+    if args.json:
+        rows = [{"file": g.path, "notebook": g.notebook, "score": g.score, "total": g.total,
+                 "seconds": round(g.seconds, 1), "problem": g.problem,
+                 "exercises": [{"exercise": e, "status": s, "message": m} for e, s, m in g.rows]} for g in grades]
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_exercises_list(args) -> int:
+    for ex in exercises.EXERCISES.values():
+        print(f"{ex.notebook:<22} {ex.name:<22} {ex.summary}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ddpm_course",
-        description="DDPM course tools: train, sample, export, evaluate, evaluator, profiles, demo.")
+        description="DDPM course tools: train, sample, export, evaluate, benchmark, exercises, evaluator, "
+                    "pretrained, profiles, demo.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a profile",
@@ -496,6 +530,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto")
     q.add_argument("--out", default="benchmarks", help="folder for sampling.md and sampling.json")
     q.set_defaults(func=cmd_benchmark_sampling)
+
+    p = sub.add_parser("exercises", help="build the student edition of the notebooks, or grade submissions")
+    xsub = p.add_subparsers(dest="exercises_command", required=True, metavar="ACTION")
+    q = xsub.add_parser("build", help="write notebooks/exercises/ from the solution notebooks")
+    q.add_argument("--notebooks", default="notebooks", help="folder of the solution notebooks (default %(default)s)")
+    q.add_argument("--out", default=None, help="default: NOTEBOOKS/exercises")
+    q.add_argument("--check", action="store_true", help="only check that the student edition is up to date")
+    q.set_defaults(func=cmd_exercises_build)
+    q = xsub.add_parser("grade", help="run submitted notebooks (each in its own process) and score the exercises")
+    q.add_argument("files", nargs="+", help="submitted .ipynb files")
+    q.add_argument("--timeout", type=float, default=900.0, help="seconds per notebook (default %(default)s)")
+    q.add_argument("--profile", choices=list(PROFILES), default="ci",
+                   help="profile the notebooks run under (default %(default)s: fast)")
+    q.add_argument("--json", default=None, help="also write the scores here as JSON")
+    q.set_defaults(func=cmd_exercises_grade)
+    q = xsub.add_parser("list", help="list the exercises and the notebook each belongs to")
+    q.set_defaults(func=cmd_exercises_list)
 
     p = sub.add_parser("profiles", help="list the training profiles (model size, steps)")
     p.add_argument("--measure", type=int, default=0, metavar="STEPS",

@@ -1,0 +1,137 @@
+"""Grading submitted notebooks: run each in its own process, with a time limit, and score it.
+
+``python -m ddpm_course exercises grade FILE.ipynb ...`` runs every notebook top to bottom in a
+fresh worker process (``python -m ddpm_course.grading FILE LOG``) that executes it in a fresh
+Jupyter kernel, with ``$DDPM_COURSE_GRADE_LOG`` pointing at a log file. Each exercise check in the
+notebook appends its result there (see :mod:`ddpm_course.exercises`); the grader reads the log and
+prints one row per exercise. No student code is ever imported into the grader's own process.
+
+A check that never ran (the notebook stopped early, timed out, or the student deleted the cell)
+scores zero and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from ._checks import check_choice, check_float
+from .config import PROFILES
+from .exercises import GRADE_LOG_ENV, exercises_in
+
+
+@dataclass
+class Grade:
+    """The score of one notebook: one (exercise, status, message) row per expected exercise."""
+
+    path: str
+    notebook: str
+    rows: list = field(default_factory=list)
+    seconds: float = 0.0
+    problem: str | None = None   # timed out, kernel died, ...
+
+    @property
+    def score(self) -> int:
+        return sum(status == "passed" for _, status, _ in self.rows)
+
+    @property
+    def total(self) -> int:
+        return len(self.rows)
+
+
+def notebook_name(nb, path: Path) -> str:
+    """Which course notebook a submission is: its metadata, else a course name inside its file name."""
+    name = nb.metadata.get("ddpm_course", {}).get("notebook")
+    if name:
+        return name
+    for index in range(1, 7):
+        for known in {n.split(".")[0] for n in _course_notebooks() if n.startswith(f"0{index}_")}:
+            if known in path.stem:
+                return known
+    raise ValueError(f"cannot tell which course notebook {path} is: its metadata has no "
+                     "ddpm_course.notebook and its name contains none of the course's notebook names")
+
+
+def _course_notebooks() -> list:
+    from .exercises import EXERCISES
+    return sorted({e.notebook + ".ipynb" for e in EXERCISES.values()})
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)   # the worker and the kernel it started
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def grade_notebook(path, *, timeout: float = 900.0, profile: str = "ci") -> Grade:
+    """Run the notebook at ``path`` in a separate process (at most ``timeout`` seconds) and score it."""
+    check_float("timeout", timeout, minimum=1.0)
+    check_choice("profile", profile, list(PROFILES))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no notebook at {path}")
+    name = notebook_name(nbformat.read(path, as_version=4), path)
+    grade = Grade(str(path), name)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "results.jsonl"
+        env = {**os.environ, GRADE_LOG_ENV: str(log), "DDPM_COURSE_PROFILE": profile, "MPLBACKEND": "Agg"}
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "ddpm_course.grading", str(path.resolve()), tmp],
+                                env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                grade.problem = f"the notebook could not be run: {output.strip().splitlines()[-1:]}"
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            proc.communicate()
+            grade.problem = f"stopped after the time limit of {timeout:.0f} s"
+        grade.seconds = time.perf_counter() - start
+        results = {}
+        if log.exists():
+            for line in log.read_text(encoding="utf-8").splitlines():
+                item = json.loads(line)
+                results[item["exercise"]] = (item["status"], item["message"])
+    for exercise in exercises_in(name):
+        status, message = results.get(exercise, ("not run", "the check cell never ran"
+                                                 + (f" ({grade.problem})" if grade.problem else "")))
+        grade.rows.append((exercise, status, message))
+    return grade
+
+
+def format_grades(grades: list) -> str:
+    """A plain-text table: notebook, exercise, status, feedback; then a score per notebook."""
+    lines = [f"{'notebook':<32} {'exercise':<22} {'status':<14} feedback", "-" * 100]
+    for g in grades:
+        for exercise, status, message in g.rows:
+            lines.append(f"{Path(g.path).name:<32} {exercise:<22} {status:<14} {message[:160]}")
+    lines.append("-" * 100)
+    for g in grades:
+        extra = f" — {g.problem}" if g.problem else ""
+        lines.append(f"{Path(g.path).name}: {g.score}/{g.total} ({g.notebook}, {g.seconds:.0f} s){extra}")
+    return "\n".join(lines)
+
+
+def _execute(path: str, workdir: str) -> None:
+    """Worker: execute one notebook in a fresh kernel; errors in cells do not stop the run."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=None, allow_errors=True, kernel_name="python3",
+                            resources={"metadata": {"path": workdir}})
+    client.execute()
+
+
+if __name__ == "__main__":
+    _execute(sys.argv[1], sys.argv[2])

@@ -1,0 +1,174 @@
+"""Exercise checks: the solutions pass, stubs are 'not attempted', and typical mistakes are named.
+
+Each wrong implementation below is written the way a student would write it (not generated from
+the checker's own list), and the test asserts the words of the diagnosis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddpm_course import exercises
+from ddpm_course.exercises import EXERCISES, check, run_check
+
+
+def feedback(name, fn):
+    result = run_check(name, fn)
+    return result.status, result.message
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_reference_passes_and_stub_is_not_attempted(name):
+    assert run_check(name, EXERCISES[name].reference).passed
+
+    def stub(*args):
+        raise NotImplementedError
+    assert feedback(name, stub)[0] == "not attempted"
+
+
+def test_every_course_notebook_has_two_exercises():
+    for notebook in ("01_forward_diffusion", "02_unet", "03_training", "04_sampling", "05_conditioning"):
+        assert len(exercises.exercises_in(notebook)) >= 2, notebook
+
+
+def test_check_returns_the_package_function_when_wrong_and_logs(tmp_path, monkeypatch, capsys):
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv(exercises.GRADE_LOG_ENV, str(log))
+
+    def mine(betas):
+        return torch.cumprod(1 - betas, 0)
+
+    assert check("alpha_bar", mine) is mine
+    wrong = check("alpha_bar", lambda betas: 1 - betas)
+    assert wrong is EXERCISES["alpha_bar"].reference
+    out = capsys.readouterr().out
+    assert "✔ alpha_bar: correct" in out and "✘ alpha_bar:" in out
+    lines = log.read_text().splitlines()
+    assert [line.count('"passed"') for line in lines] == [1, 0]
+    with pytest.raises(AssertionError, match="did not pass"):
+        exercises.assert_passed("alpha_bar")
+
+
+def test_unknown_exercise_and_non_callable():
+    with pytest.raises(ValueError, match="name must be one of"):
+        run_check("alpha_barr", lambda b: b)
+    with pytest.raises(TypeError, match="fn must be the function"):
+        run_check("alpha_bar", 3)
+
+
+def test_alpha_bar_mistakes():
+    def shifted(b):
+        return torch.cat([torch.ones(1), torch.cumprod(1 - b, 0)[:-1]])
+
+    assert "off by one step" in feedback("alpha_bar", shifted)[1]
+    assert "sqrt" in feedback("alpha_bar", lambda b: torch.cumprod(1 - b, 0) ** 0.5)[1]
+    assert "product of the betas" in feedback("alpha_bar", lambda b: torch.cumprod(b, 0))[1]
+    assert "wrong shape" in feedback("alpha_bar", lambda b: torch.cumprod(1 - b, 0)[1:])[1]
+    status, message = feedback("alpha_bar", lambda b: torch.cumprod(1 - b, 0) * 1.01)
+    assert status == "failed" and "largest error" in message and "at t=" in message
+
+
+def test_add_noise_mistakes():
+    def no_sqrt(x0, noise, t, abar):
+        a = abar[t].view(-1, 1, 1, 1)
+        return a * x0 + (1 - a) * noise
+
+    def width_broadcast(x0, noise, t, abar):
+        a = abar[t]                       # (B,) broadcasts along W when B == W
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def off_by_one(x0, noise, t, abar):
+        a = abar[t - 1].view(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    assert "square roots are missing" in feedback("add_noise", no_sqrt)[1]
+    assert "broadcast along the image width" in feedback("add_noise", width_broadcast)[1]  # silent when B == W
+    assert "off by one" in feedback("add_noise", off_by_one)[1]
+
+
+def test_sinusoidal_mistakes():
+    def sin_first(t, dim):
+        half = dim // 2
+        f = torch.exp(-math.log(10000) * torch.arange(half) / half)
+        a = t.float()[:, None] * f
+        return torch.cat([a.sin(), a.cos()], 1)
+
+    assert "wrong order" in feedback("sinusoidal_embedding", sin_first)[1]
+    status, message = feedback("sinusoidal_embedding", lambda t, dim: torch.zeros(len(t), dim + 1))
+    assert status == "failed" and "wrong shape" in message
+
+
+def test_residual_block_mistakes():
+    def no_skip(block, x, emb):
+        h = block.conv1(F.silu(block.norm1(x)))
+        scale, shift = block.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        return block.conv2(block.dropout(F.silu(block.norm2(h) * (1 + scale) + shift)))
+
+    def before_norm(block, x, emb):
+        h = block.conv1(F.silu(block.norm1(x)))
+        scale, shift = block.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        return block.skip(x) + block.conv2(F.silu(block.norm2(h * (1 + scale) + shift)))
+
+    assert "skip connection" in feedback("residual_block", no_skip)[1]
+    assert "before norm2" in feedback("residual_block", before_norm)[1]
+
+
+def test_training_mistakes():
+    def predicts_x0(model, schedule, x0, t, noise):
+        return F.mse_loss(model(schedule.add_noise(x0, noise, t), t), x0)
+
+    assert "target should be the noise, not x0" in feedback("epsilon_loss", predicts_x0)[1]
+    assert "swapped" in feedback("ema_update", lambda e, p, d: (1 - d) * e + d * p)[1]
+
+
+def test_sampling_mistakes():
+    def ddpm_noise_at_zero(x_t, t, eps, s, z):
+        a, ab, b = s.alphas[t], s.alphas_cumprod[t], s.betas[t]
+        return (x_t - b / (1 - ab).sqrt() * eps) / a.sqrt() + b.sqrt() * z
+
+    def ddim_wraps(x_t, t, t_prev, eps, abar):
+        x0 = (x_t - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
+        return abar[t_prev].sqrt() * x0 + (1 - abar[t_prev]).sqrt() * eps
+
+    def x0_plus(x_t, t, eps, abar):
+        return (x_t + (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
+
+    assert "at t = 0" in feedback("ddpm_step", ddpm_noise_at_zero)[1]
+    assert "last* (noisiest)" in feedback("ddim_step", ddim_wraps)[1]
+    assert "wrong sign" in feedback("predict_x0", x0_plus)[1]
+
+
+def test_guidance_mistakes():
+    assert "sign is flipped" in feedback("guidance_combine", lambda u, c, w: c + w * (u - c))[1]
+    assert "Ho & Salimans" in feedback("guidance_combine", lambda u, c, w: (1 + w) * c - w * u)[1]
+
+
+def test_drop_labels_mistakes():
+    def inverted(labels, p, null, generator=None):
+        keep = torch.rand(labels.shape, generator=generator) < p
+        return torch.where(keep, labels, torch.full_like(labels, null))
+
+    def to_zero(labels, p, null, generator=None):
+        drop = torch.rand(labels.shape, generator=generator) < p
+        return torch.where(drop, torch.zeros_like(labels), labels)
+
+    def in_place(labels, p, null, generator=None):
+        labels[torch.rand(labels.shape, generator=generator) < p] = null
+        return labels
+
+    def no_generator(labels, p, null, generator=None):
+        return torch.where(torch.rand(labels.shape) < p, torch.full_like(labels, null), labels)
+
+    assert "keep a label with probability" in feedback("drop_labels", inverted)[1]
+    assert "not 0" in feedback("drop_labels", to_zero)[1]
+    assert "in place" in feedback("drop_labels", in_place)[1]
+    assert "generator=generator" in feedback("drop_labels", no_generator)[1]
+
+
+def test_errors_in_student_code_are_reported():
+    status, message = feedback("guidance_combine", lambda u, c, w: u.flatten() @ c)
+    assert status == "failed" and "raised RuntimeError" in message and "guidance_combine(" in message
