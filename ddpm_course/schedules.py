@@ -123,6 +123,21 @@ class NoiseSchedule:
             return cls.cosine(T)
         raise ValueError(f"schedule must be one of ['linear', 'cosine'], got {name!r}")
 
+    def respaced(self, timesteps) -> NoiseSchedule:
+        """The schedule of a shorter chain that visits only ``timesteps`` (Improved DDPM, section 4).
+
+        timesteps: increasing ints in [0, T - 1]. Step i of the new chain keeps alpha-bar of
+        timestep ``timesteps[i]``, so its betas are 1 - a-bar(timesteps[i]) / a-bar(timesteps[i-1]);
+        a model trained on this schedule is called with the original ``timesteps[i]``. DDPM's
+        ancestral step on the respaced schedule is DDIM with eta = 1 on those timesteps.
+        """
+        steps = [int(t) for t in timesteps]
+        if not steps or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] < 0 or steps[-1] >= self.T:
+            raise ValueError(f"timesteps must be increasing ints in [0, {self.T - 1}], got {steps[:8]}...")
+        abar = torch.cumprod(1.0 - self.betas.double(), 0)[steps]
+        prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+        return NoiseSchedule(1.0 - abar / prev)
+
     # ------------------------------------------------------------------ forward process
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Sample q(x_t | x_0) in closed form: x_t = sqrt(a-bar_t) x0 + sqrt(1 - a-bar_t) noise.

@@ -112,3 +112,15 @@ def test_add_noise_bad_inputs():
         s.add_noise(x0, torch.zeros(2, 1, 4, 4), torch.tensor([1, 2]))
     with pytest.raises(ValueError, match=r"x0 must have shape \(B, C, H, W\)"):
         s.add_noise(torch.zeros(2, 8, 8), torch.zeros(2, 8, 8), torch.tensor([1, 2]))
+
+
+def test_respaced_keeps_alpha_bar_at_the_visited_steps():
+    s = NoiseSchedule.linear(1000)
+    same = s.respaced(range(1000))
+    assert torch.allclose(same.betas, s.betas, rtol=1e-5, atol=1e-7)
+    steps = [39, 79, 500, 999]
+    r = s.respaced(steps)
+    assert r.T == 4
+    assert torch.allclose(r.alphas_cumprod, s.alphas_cumprod[steps], rtol=1e-5)
+    with pytest.raises(ValueError, match="timesteps must be increasing"):
+        s.respaced([5, 3])

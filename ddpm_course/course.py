@@ -1,0 +1,157 @@
+"""What every notebook does first: pick the device and profile, load digits, find a trained model.
+
+The notebooks run under a profile (see :mod:`ddpm_course.config`): ``t4`` on a GPU, ``cpu`` on a
+laptop, and ``ci`` — the reduced configuration CI runs every notebook under, where figures use
+fewer images and fewer sampling steps so that all notebooks finish in minutes on two CPU cores.
+``$DDPM_COURSE_PROFILE`` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ._version import __version__
+from .checkpoints import Checkpoint, load_checkpoint
+from .config import TrainConfig, default_profile_name, get_profile
+from .data import load_dataset
+from .pretrained import load_pretrained
+from .training import describe_machine, resolve_device
+
+
+@dataclass(frozen=True)
+class CourseSettings:
+    """Sizes of the notebooks' computations under one profile."""
+
+    profile: str
+    config: TrainConfig       # the profile's training configuration
+    device: torch.device
+    quick: bool               # True under "ci": smallest figures, fewest steps
+    num_images: int           # images per figure
+    sampler_steps: int        # DDIM / DPM-Solver++ steps in figures
+    ddpm_steps: int | None    # None: DDPM over all T steps; else a respaced chain of this many steps
+    eval_samples: int         # samples for the evaluation notebook's metrics
+    gif_frames: int
+
+    def run_dir(self, notebook: str) -> Path:
+        """Where a notebook writes its run under this profile, e.g. ``runs/03_training-cpu``."""
+        return Path("runs") / f"{notebook}-{self.profile}"
+
+
+def settings_for(profile: str | None = None, device: str = "auto") -> CourseSettings:
+    """The :class:`CourseSettings` of a profile (default: ``$DDPM_COURSE_PROFILE``, t4 with CUDA, else cpu)."""
+    name = profile or default_profile_name()
+    config = get_profile(name)
+    quick = name == "ci"
+    dev = resolve_device(device)
+    return CourseSettings(profile=name, config=config.replace(device=str(dev)), device=dev, quick=quick,
+                          num_images=8 if quick else 16, sampler_steps=10 if quick else 20,
+                          ddpm_steps=25 if quick else None, eval_samples=100 if quick else 1000,
+                          gif_frames=8 if quick else 30)
+
+
+def setup(profile: str | None = None, seed: int = 0) -> CourseSettings:
+    """Print where the notebook runs (package, torch, device, profile) and seed torch; return the settings."""
+    settings = settings_for(profile)
+    torch.manual_seed(seed)
+    cfg = settings.config
+    print(f"ddpm_course {__version__} · torch {torch.__version__} · {describe_machine(settings.device)}")
+    print(f"profile {settings.profile!r}: U-Net base {cfg.model.base_channels} x {cfg.model.channel_mults}, "
+          f"T={cfg.T} {cfg.schedule}, {cfg.max_steps} training steps of {cfg.batch_size} images"
+          + (" (reduced configuration for CI: small figures, few steps)" if settings.quick else ""))
+    data = os.environ.get("DDPM_COURSE_DATA")
+    print(f"data: {data or './data (downloaded by torchvision on first use)'}")
+    return settings
+
+
+def load_digits(n: int, *, seed: int = 0, dataset: str = "mnist") -> tuple:
+    """``n`` random digits (n, 1, 28, 28) in [-1, 1] and their labels, from the train split if present.
+
+    Offline machines may have only the test split: then it is used, and a note says so.
+    """
+    try:
+        data = load_dataset(dataset, "train")
+    except FileNotFoundError:
+        data = load_dataset(dataset, "test", download=False)
+        print(f"Note: using the {dataset} test split ({len(data)} images): the train split is not available here.")
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    return data.images[index].float(), data.labels[index]
+
+
+def course_model(settings: CourseSettings, *, path=None, run: str = "03_training",
+                 pretrained: str = "mnist-cond") -> Checkpoint:
+    """The model a notebook samples from: the one notebook 03 trained under this profile (or the
+    checkpoint at ``path``), if it is on disk, else the shipped pretrained model — always the shipped
+    one under ``ci``, whose own model is only a smoke test.
+    """
+    path = Path(path) if path is not None else settings.run_dir(run) / "checkpoint.pt"
+    if not settings.quick and path.exists():
+        ckpt = load_checkpoint(path, settings.device)
+        print(f"Using your model from notebook {run[:2]}: {path} (step {ckpt.step}).")
+        return ckpt
+    ckpt = load_pretrained(pretrained, settings.device)
+    reason = "the ci profile" if settings.quick else f"{path} is not there (run notebook {run[:2]} to train your own)"
+    print(f"Using the shipped pretrained model {pretrained!r} ({reason}).")
+    return ckpt
+
+
+class LiveLossPlot:
+    """A ``train(callback=...)`` callback that redraws a loss curve in the notebook as training runs.
+
+    Outside a notebook it prints one line per log instead.
+    """
+
+    def __init__(self, title: str = "training loss", every: float = 2.0):
+        self.title, self.every = title, every
+        self.steps, self.losses = [], []
+        self._handle, self._last = None, 0.0
+
+    def __call__(self, info: dict) -> None:
+        self.steps.append(info["step"])
+        self.losses.append(info["loss"])
+        if time.perf_counter() - self._last >= self.every:
+            self.draw()
+
+    def draw(self) -> None:
+        import matplotlib.pyplot as plt
+
+        try:
+            from IPython.display import display
+        except ImportError:  # pragma: no cover - plain Python
+            print(f"step {self.steps[-1]}: loss {self.losses[-1]:.4f}")
+            return
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.plot(self.steps, self.losses)
+        ax.set(xlabel="step", ylabel="loss (MSE on the noise)", title=self.title, yscale="log")
+        ax.grid(alpha=0.3)
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+        plt.close(fig)
+        self._last = time.perf_counter()
+
+
+def trace_shapes(model: torch.nn.Module, *inputs) -> list:
+    """(name, output shape) of each top-level block of a UNet for one forward pass, in order."""
+    rows, hooks = [], []
+    for name, module in model.named_modules():
+        if name.count(".") == 1 and name.split(".")[0] in ("down", "mid", "up") or name in ("conv_in", "conv_out"):
+            hooks.append(module.register_forward_hook(
+                lambda m, i, o, name=name: rows.append((f"{name} ({type(m).__name__})", tuple(o.shape)))))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
