@@ -138,6 +138,31 @@ def evaluate_samples(evaluator: nn.Module, samples: torch.Tensor, real_a: torch.
     }
 
 
+def inception_fid(samples: torch.Tensor, real: torch.Tensor) -> float | None:
+    """FID on Inception-v3 pool features (torchmetrics), the number papers quote for natural images.
+
+    It needs the ``torch-fidelity`` package and a download of the Inception weights, so it works on
+    Colab but not offline: then it prints why and returns None. Images (N, 1, H, W) in [-1, 1] are
+    repeated to 3 channels; torchmetrics resizes them to 299 x 299. Inception was trained on photos,
+    not digits: prefer :func:`frechet_distance` on the evaluator's features for MNIST.
+    """
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        metric = FrechetInceptionDistance(feature=2048, normalize=True)
+    except Exception as error:  # noqa: BLE001 - missing package, no network, blocked download...
+        print(f"Inception FID skipped: {type(error).__name__}: {str(error)[:200]} "
+              "(it needs `pip install torch-fidelity` and internet for the weights)")
+        return None
+
+    def rgb01(x: torch.Tensor) -> torch.Tensor:
+        return ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).expand(-1, 3, -1, -1)
+
+    metric.update(rgb01(real), real=True)
+    metric.update(rgb01(samples), real=False)
+    return float(metric.compute())
+
+
 def sample_scores(evaluator: nn.Module, samples: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """How convincing each sample is: the evaluator's probability of the requested label (or of
     its top class, for unconditional samples). (N,) in [0, 1]."""

@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx, write_mnist_split
+from helpers import write_idx, write_mnist_split
 
 from ddpm_course import DeviceBatches, load_fashion_mnist, load_image_folder, load_mnist
 from ddpm_course.data import read_idx

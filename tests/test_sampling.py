@@ -1,7 +1,7 @@
 import pytest
 import torch
-from conftest import GaussianEps
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from helpers import GaussianEps
 
 from ddpm_course import (
     NoiseSchedule,

@@ -122,7 +122,7 @@ def test_missing_and_foreign_checkpoints(tmp_path):
 
 
 def test_split_auto_falls_back_to_test_and_says_so(tiny_config, tmp_path):
-    from conftest import write_mnist_split
+    from helpers import write_mnist_split
 
     root = tmp_path / "only_test"
     write_mnist_split(root, "test", 24)

@@ -1,7 +1,7 @@
 import imageio.v3 as iio
 import pytest
 import torch
-from conftest import GaussianEps
+from helpers import GaussianEps
 
 from ddpm_course import NoiseSchedule, ProcessRecorder, process_grid, sample_ddim, save_gif, save_grid
 from ddpm_course.visualize import frame_indices, to_uint8_grid
