@@ -368,6 +368,56 @@ def cmd_demo(args) -> int:
     return 0
 
 
+TRAINING_BUDGET_MINUTES = {"ci": 0.5, "cpu": 10.0, "t4": 5.0}
+
+
+def cmd_benchmark_training(args) -> int:
+    from .benchmark import benchmark_training, format_training_table
+
+    config = get_profile(args.profile).replace(device=args.device)
+    minutes = args.minutes if args.minutes is not None else TRAINING_BUDGET_MINUTES[args.profile]
+    runs = benchmark_training(config, seconds=60 * minutes, evaluations=args.evaluations,
+                              num_samples=args.num_samples, guidance=args.guidance, peers=args.peer)
+    table = format_training_table(runs, config, args.profile, args.num_samples, args.guidance)
+    print("\n" + table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "training.md").write_text(table + "\n")
+    rows = [{"name": r.name, "parameters": r.parameters, "steps": r.steps, "seconds": round(r.seconds, 1),
+             "images_per_second": round(r.images_per_second, 1), "points": r.points} for r in runs]
+    (out / "training.json").write_text(json.dumps({"profile": args.profile, "runs": rows}, indent=2) + "\n")
+    print(f"\nWrote {out / 'training.md'} and {out / 'training.json'}")
+    return 0
+
+
+def cmd_figures(args) -> int:
+    """The README's result figures from a conditional checkpoint: a grid per guidance scale, a GIF per digit."""
+    from .pretrained import load_pretrained
+
+    device = resolve_device(args.device)
+    if args.checkpoint is None:
+        ckpt = load_pretrained(args.pretrained, device)
+    else:
+        ckpt = load_checkpoint(args.checkpoint, device)
+    if not ckpt.num_classes:
+        raise ValueError("figures needs a class-conditional checkpoint (guidance and one GIF per digit)")
+    out = Path(args.out)
+    labels = torch.arange(10).repeat(args.seeds)                # rows of 0-9, one row per seed
+    for w in args.guidance_scales:
+        x = generate(ckpt, len(labels), sampler="dpm_solver", steps=args.steps, labels=labels, guidance=w,
+                     seed=args.seed, progress=False)
+        print(f"guidance {w}: {save_grid(x, out / f'guidance_{w:g}.png', nrow=10)}")
+    labels = torch.arange(10).repeat_interleave(args.seeds)     # seeds consecutive per digit
+    recorder = ProcessRecorder(args.gif_steps, num_frames=args.gif_frames, kind="x_t")
+    x = generate(ckpt, len(labels), sampler="ddim", steps=args.gif_steps, eta=1.0, labels=labels,
+                 guidance=args.gif_guidance, seed=args.seed, callback=recorder, progress=False)
+    frames = recorder.finish(x)
+    for digit in range(10):
+        part = [f[digit * args.seeds:(digit + 1) * args.seeds] for f in frames]
+        print(f"digit {digit}: {save_gif(part, out / f'denoising_{digit}.gif', nrow=args.seeds, fps=10)}")
+    return 0
+
+
 def measure_throughput(config: TrainConfig, steps: int) -> float:
     """Median training images/second of ``config`` over ``steps`` real steps (first log skipped)."""
     import statistics
@@ -547,6 +597,32 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_exercises_grade)
     q = xsub.add_parser("list", help="list the exercises and the notebook each belongs to")
     q.set_defaults(func=cmd_exercises_list)
+
+    q = bsub.add_parser("training", help="training img/s and quality over time, against a diffusers UNet2DModel peer")
+    q.add_argument("--profile", choices=list(PROFILES), default=None)
+    q.add_argument("--minutes", type=float, default=None,
+                   help="training time per model (default: the profile's budget: ci 0.5, cpu 10, t4 5)")
+    q.add_argument("--evaluations", type=int, default=3, help="quality measurements along the way")
+    q.add_argument("--num-samples", dest="num_samples", type=int, default=200)
+    q.add_argument("--guidance", type=float, default=3.0)
+    q.add_argument("--no-peer", dest="peer", action="store_false", help="only the course's UNet")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--out", default="benchmarks", help="folder for training.md and training.json")
+    q.set_defaults(func=cmd_benchmark_training)
+
+    p = sub.add_parser("figures", help="sample grids per guidance scale and a denoising GIF per digit")
+    p.add_argument("--checkpoint", default=None, help="a conditional checkpoint (default: a shipped model)")
+    p.add_argument("--pretrained", default="mnist-cond", help="shipped model used without --checkpoint")
+    p.add_argument("--out", default="assets/figures")
+    p.add_argument("--guidance-scales", dest="guidance_scales", type=float, nargs="+", default=[0.0, 1.0, 3.0, 5.0])
+    p.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps for the grids")
+    p.add_argument("--seeds", type=int, default=4, help="samples per digit")
+    p.add_argument("--gif-steps", dest="gif_steps", type=int, default=100, help="ancestral (DDIM eta=1) steps")
+    p.add_argument("--gif-frames", dest="gif_frames", type=int, default=30)
+    p.add_argument("--gif-guidance", dest="gif_guidance", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("profiles", help="list the training profiles (model size, steps)")
     p.add_argument("--measure", type=int, default=0, metavar="STEPS",

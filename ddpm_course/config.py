@@ -47,6 +47,7 @@ class TrainConfig:
     max_steps: int = 5000         # optimisation steps in all (a resumed run continues to this)
     grad_clip: float | None = 1.0  # clip the gradient norm to this (None = no clipping)
     loss: str = "mse"             # "mse" (DDPM's simple loss) or "l1"
+    min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is usual); None: off
     ema_decay: float = 0.999      # EMA of the weights used for sampling; 0 disables it
     p_uncond: float = 0.1         # label dropout for classifier-free guidance (conditional models)
     mixed_precision: str = "auto"  # "auto" (bf16 or fp16 on CUDA, none on CPU), "no", "fp16", "bf16"
@@ -81,6 +82,8 @@ class TrainConfig:
         check_float("TrainConfig.weight_decay", self.weight_decay, minimum=0.0)
         check_float("TrainConfig.ema_decay", self.ema_decay, minimum=0.0, maximum=1.0, open_max=True)
         check_float("TrainConfig.p_uncond", self.p_uncond, minimum=0.0, maximum=1.0)
+        if self.min_snr_gamma is not None:
+            check_float("TrainConfig.min_snr_gamma", self.min_snr_gamma, minimum=0.0, open_min=True)
         if self.grad_clip is not None:
             check_float("TrainConfig.grad_clip", self.grad_clip, minimum=0.0, open_min=True)
         if self.p_uncond > 0 and self.model.num_classes is None:

@@ -28,6 +28,9 @@ from ._checks import check_choice, check_float
 from .config import PROFILES
 from .exercises import GRADE_LOG_ENV, exercises_in
 
+COURSE_NOTEBOOKS = ("01_forward_diffusion", "02_unet", "03_training", "04_sampling", "05_conditioning",
+                    "06_evaluation")
+
 
 @dataclass
 class Grade:
@@ -53,17 +56,11 @@ def notebook_name(nb, path: Path) -> str:
     name = nb.metadata.get("ddpm_course", {}).get("notebook")
     if name:
         return name
-    for index in range(1, 7):
-        for known in {n.split(".")[0] for n in _course_notebooks() if n.startswith(f"0{index}_")}:
-            if known in path.stem:
-                return known
+    for known in COURSE_NOTEBOOKS:
+        if known in path.stem:
+            return known
     raise ValueError(f"cannot tell which course notebook {path} is: its metadata has no "
                      "ddpm_course.notebook and its name contains none of the course's notebook names")
-
-
-def _course_notebooks() -> list:
-    from .exercises import EXERCISES
-    return sorted({e.notebook + ".ipynb" for e in EXERCISES.values()})
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -49,17 +49,30 @@ def drop_labels(labels: torch.Tensor, p_uncond: float, null_label: int,
     return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
+def min_snr_weights(schedule: NoiseSchedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): min(SNR_t, gamma) / SNR_t.
+
+    t: long (B,) -> (B,) float in (0, 1]: 1 for noisy steps (SNR <= gamma), less for nearly clean
+    ones, whose easy, conflicting gradients otherwise slow training down.
+    """
+    snr = schedule.snr.to(t.device)[t]
+    return snr.clamp(max=gamma) / snr
+
+
 def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, labels: torch.Tensor | None = None, *,
-                   loss_type: str = "mse", p_uncond: float = 0.0,
+                   loss_type: str = "mse", p_uncond: float = 0.0, min_snr_gamma: float | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """The epsilon-prediction loss on one batch (a scalar tensor).
 
     x0: (B, C, H, W) in [-1, 1]; labels: long (B,) for a conditional model, else None;
-    p_uncond: probability of replacing a label by "no label" (for classifier-free guidance).
+    p_uncond: probability of replacing a label by "no label" (for classifier-free guidance);
+    min_snr_gamma: weight each image's loss by :func:`min_snr_weights` (None: DDPM's uniform weights).
     """
     check_image_batch("x0", x0)
     check_choice("loss_type", loss_type, LOSS_TYPES)
     check_float("p_uncond", p_uncond, minimum=0.0, maximum=1.0)
+    if min_snr_gamma is not None:
+        check_float("min_snr_gamma", min_snr_gamma, minimum=0.0, open_min=True)
     batch = noise_batch(schedule, x0, generator)
     if labels is None:
         eps = model(batch.x_t, batch.t)
@@ -70,6 +83,8 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, labels: tor
             labels = drop_labels(labels, p_uncond, null_label(model), generator)
         eps = model(batch.x_t, batch.t, labels)
     eps = eps.float()
-    if loss_type == "mse":
-        return F.mse_loss(eps, batch.noise.float())
-    return F.l1_loss(eps, batch.noise.float())
+    error = F.mse_loss if loss_type == "mse" else F.l1_loss
+    if min_snr_gamma is None:
+        return error(eps, batch.noise.float())
+    per_image = error(eps, batch.noise.float(), reduction="none").flatten(1).mean(1)
+    return (min_snr_weights(schedule, batch.t, min_snr_gamma) * per_image).mean()

@@ -146,7 +146,9 @@ def _restore_rng(state: dict, noise_gen: torch.Generator, config: TrainConfig, s
 class Trainer:
     """The state of one training run: model, EMA, optimizer, scaler, data and generators."""
 
-    def __init__(self, config: TrainConfig, log: Callable = print):
+    def __init__(self, config: TrainConfig, log: Callable = print, model: torch.nn.Module | None = None):
+        """model: train this network instead of ``UNet(config.model)`` (e.g. a peer architecture in a
+        benchmark); it must follow the UNet calling convention model(x_t, t[, y])."""
         self.config = config.validate()
         self.log = log
         self.device = resolve_device(config.device)
@@ -154,7 +156,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.data = load_training_data(config, log)
         _check_data(config, self.data)
-        self.model = UNet(config.model).to(self.device)
+        self.model = (UNet(config.model) if model is None else model).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, config.ema_decay)
@@ -226,7 +228,8 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "no"):
             loss = diffusion_loss(self.model, self.schedule, x0, labels, loss_type=cfg.loss,
-                                  p_uncond=cfg.p_uncond, generator=self.noise_gen)
+                                  p_uncond=cfg.p_uncond, min_snr_gamma=cfg.min_snr_gamma,
+                                  generator=self.noise_gen)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip is not None:

@@ -65,3 +65,22 @@ def test_bad_loss_arguments():
         diffusion_loss(zero, s, x0, torch.tensor([0, 1]), p_uncond=2.0)
     with pytest.raises(ValueError, match="no num_classes attribute"):
         diffusion_loss(zero, s, x0, torch.tensor([0, 1]), p_uncond=0.5)
+
+
+def test_min_snr_weights_known_values_and_large_gamma_is_plain_mse():
+    from ddpm_course.losses import min_snr_weights
+
+    s = NoiseSchedule.linear(1000)
+    t = torch.tensor([0, 500, 999])
+    w = min_snr_weights(s, t, 5.0)
+    snr = s.alphas_cumprod[t] / (1 - s.alphas_cumprod[t])
+    assert torch.allclose(w, torch.minimum(snr, torch.tensor(5.0)) / snr, rtol=1e-2)  # snr here in float32
+    assert w[0] < 0.01 and w[2] == 1.0          # nearly clean steps weigh little, noisy ones fully
+    model = lambda x, t: 0.3 * x  # noqa: E731
+    x0 = torch.rand(8, 1, 28, 28) * 2 - 1
+    plain = diffusion_loss(model, s, x0, generator=torch.Generator().manual_seed(0))
+    huge = diffusion_loss(model, s, x0, min_snr_gamma=1e12, generator=torch.Generator().manual_seed(0))
+    weighted = diffusion_loss(model, s, x0, min_snr_gamma=5.0, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(plain, huge, rtol=1e-5) and weighted < plain
+    with pytest.raises(ValueError, match="min_snr_gamma must be > 0"):
+        diffusion_loss(model, s, x0, min_snr_gamma=0.0)
