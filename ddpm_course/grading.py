@@ -109,14 +109,15 @@ def grade_notebook(path, *, timeout: float = 900.0, profile: str = "ci") -> Grad
 
 def format_grades(grades: list) -> str:
     """A plain-text table: notebook, exercise, status, feedback; then a score per notebook."""
-    lines = [f"{'notebook':<32} {'exercise':<22} {'status':<14} feedback", "-" * 100]
+    width = max([len(g.path) for g in grades] + [8])
+    lines = [f"{'file':<{width}} {'exercise':<22} {'status':<14} feedback", "-" * (width + 80)]
     for g in grades:
         for exercise, status, message in g.rows:
-            lines.append(f"{Path(g.path).name:<32} {exercise:<22} {status:<14} {message[:160]}")
-    lines.append("-" * 100)
+            lines.append(f"{g.path:<{width}} {exercise:<22} {status:<14} {message[:160]}")
+    lines.append("-" * (width + 80))
     for g in grades:
         extra = f" — {g.problem}" if g.problem else ""
-        lines.append(f"{Path(g.path).name}: {g.score}/{g.total} ({g.notebook}, {g.seconds:.0f} s){extra}")
+        lines.append(f"{g.path}: {g.score}/{g.total} ({g.notebook}, {g.seconds:.0f} s){extra}")
     return "\n".join(lines)
 
 

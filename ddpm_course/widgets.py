@@ -26,7 +26,7 @@ def _readout(schedule: NoiseSchedule, t: int) -> str:
 
 def noising_strip(schedules: dict, images: torch.Tensor, noise: torch.Tensor, ts) -> plt.Figure:
     """Static figure: one row per schedule, one column per t, the first image noised to x_t."""
-    fig, axes = plt.subplots(len(schedules), len(ts), figsize=(1.3 * len(ts), 1.5 * len(schedules)), squeeze=False)
+    fig, axes = plt.subplots(len(schedules), len(ts), figsize=(1.3 * len(ts), 1.9 * len(schedules)), squeeze=False)
     for row, (name, schedule) in enumerate(schedules.items()):
         for col, t in enumerate(ts):
             ax = axes[row][col]

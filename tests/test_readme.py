@@ -16,13 +16,16 @@ def test_profile_table_is_the_profiles_command_output(capsys):
     assert block == printed, "README's profile table is stale: paste `python -m ddpm_course profiles`"
 
 
-def test_colab_badges_point_at_one_repository_and_existing_notebook_names():
-    pattern = r"https://colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/(notebooks/[\w.]+)"
+def test_colab_badges_point_at_one_repository_and_existing_notebooks():
+    root = Path(__file__).resolve().parents[1]
+    pattern = r"https://colab\.research\.google\.com/github/([^/]+/[^/)]+)/blob/main/(notebooks/[\w./]+\.ipynb)"
     links = re.findall(pattern, README)
-    assert len(links) == 6
+    assert len(links) == 12                                # both editions of the six notebooks
     assert {repo for repo, _ in links} == {COLAB_REPO}
-    names = [path.split("/")[1] for _, path in links]
-    assert names == sorted(names) and names[0].startswith("01_") and names[-1].startswith("06_")
+    assert all((root / path).is_file() for _, path in links)
+    solutions = [p for _, p in links if "/exercises/" not in p]
+    assert [Path(p).name for _, p in links if "/exercises/" in p] == [Path(p).name for p in solutions]
+    assert [Path(p).stem[:3] for p in solutions] == ["01_", "02_", "03_", "04_", "05_", "06_"]
 
 
 def test_quick_start_is_three_commands():
