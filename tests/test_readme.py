@@ -47,3 +47,11 @@ def test_pretrained_table_is_the_cards(capsys):
     printed = capsys.readouterr().out.strip()
     block = README.split("<!-- pretrained:start -->")[1].split("<!-- pretrained:end -->")[0].strip()
     assert block == printed, "README's pretrained table is stale: paste `python -m ddpm_course pretrained table`"
+
+
+def test_result_figures_exist_and_name_their_command():
+    root = Path(__file__).resolve().parents[1]
+    paths = re.findall(r"\]\((assets/figures/[\w.]+)\)", README)
+    assert len(paths) == 14 and all((root / p).is_file() for p in paths)
+    section = README.split("## Results")[1].split("\n## ")[0]
+    assert "`python -m ddpm_course figures --out assets/figures`" in section
