@@ -433,20 +433,43 @@ def measure_throughput(config: TrainConfig, steps: int) -> float:
     return statistics.median(rates[1:])
 
 
+def training_flops_per_image(config: TrainConfig, batch: int = 4) -> float:
+    """Floating-point operations of one training image (forward and backward), counted by
+    torch.utils.flop_counter on the CPU (matrix multiplies and convolutions; elementwise ops excluded)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .losses import diffusion_loss
+    from .schedules import NoiseSchedule
+    from .unet import UNet
+
+    model, schedule = UNet(config.model), NoiseSchedule.from_name(config.schedule, config.T)
+    x0 = torch.rand(batch, config.model.image_channels, config.model.image_size, config.model.image_size) * 2 - 1
+    labels = torch.randint(0, config.model.num_classes, (batch,)) if config.model.num_classes else None
+    with FlopCounterMode(display=False) as counter:
+        diffusion_loss(model, schedule, x0, labels).backward()
+    return counter.get_total_flops() / batch
+
+
 def cmd_profiles(args) -> int:
     """Print each profile's model size and training budget (the README's profile table); with
     --measure, also time a few real training steps of each on this machine."""
     from .unet import UNet
 
     header = "| profile | parameters | T | schedule | batch | steps | conditional |"
-    print(header + (" train img/s |" if args.measure else ""))
-    print("|---" * (7 + bool(args.measure)) + "|")
+    extra = (" train GFLOP/image | PFLOP per run | T4 minutes at 10-20 TFLOP/s (estimate) |" if args.flops else "")
+    print(header + extra + (" train img/s |" if args.measure else ""))
+    print("|---" * (7 + 3 * bool(args.flops) + bool(args.measure)) + "|")
     for name in PROFILES:
         cfg = get_profile(name)
         params = UNet(cfg.model).num_parameters()
         cond = "yes" if cfg.model.num_classes else "no"
         line = (f"| `{name}` | {params / 1e6:.2f}M | {cfg.T} | {cfg.schedule} | {cfg.batch_size} | "
                 f"{cfg.max_steps} | {cond} |")
+        if args.flops:
+            per_image = training_flops_per_image(cfg)
+            total = per_image * cfg.batch_size * cfg.max_steps
+            line += (f" {per_image / 1e9:.2f} | {total / 1e15:.2f} | "
+                     f"{total / 20e12 / 60:.1f}-{total / 10e12 / 60:.1f} |")
         if args.measure:
             steps = max(6, int(args.measure * 64 / cfg.batch_size))
             line += f" {measure_throughput(cfg.replace(device=args.device), steps):.0f} |"
@@ -628,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measure", type=int, default=0, metavar="STEPS",
                    help="also measure training images/s over about STEPS steps of 64 images each")
     p.add_argument("--device", default="auto", help="device for --measure (default %(default)s)")
+    p.add_argument("--flops", action="store_true", help="also count training FLOPs per image and per run, and "
+                   "estimate the minutes a T4 needs at 10-20 TFLOP/s sustained (an estimate, not a measurement)")
     p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("demo", help="sample a grid and a GIF of the denoising from the shipped model "

@@ -6,8 +6,9 @@ import sys
 
 import imageio.v3 as iio
 import pytest
+import torch
 
-from ddpm_course import load_checkpoint
+from ddpm_course import get_profile, load_checkpoint
 from ddpm_course.cli import main
 
 
@@ -124,3 +125,19 @@ def test_benchmark_sampling(ci_checkpoint, tmp_path):
     assert "| ddim | 2 |" in table and "| dpm_solver | 3 |" in table
     with pytest.raises(SystemExit, match="sampler specs look like"):
         main(["benchmark", "sampling", "--checkpoint", str(ci_checkpoint), "--samplers", "euler:5"])
+
+
+def test_profiles_flops_counts_a_known_convolution_and_orders_the_profiles(capsys):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ddpm_course.cli import training_flops_per_image
+
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1)             # known answer: 2 * 28*28 * 4 * 9 per image
+    with FlopCounterMode(display=False) as counter:
+        conv(torch.zeros(1, 1, 28, 28))
+    assert counter.get_total_flops() == 2 * 28 * 28 * 4 * 9
+    flops = {name: training_flops_per_image(get_profile(name)) for name in ("ci", "cpu")}
+    assert 0 < flops["ci"] < flops["cpu"]
+    main(["profiles", "--flops"])
+    out = capsys.readouterr().out
+    assert "T4 minutes at 10-20 TFLOP/s (estimate)" in out and out.count("| `") == 3
