@@ -213,6 +213,10 @@ def cmd_evaluate(args) -> int:
         ckpt, args.evaluator, args.num_samples, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
         seed=args.seed, batch_size=args.batch_size)
     result = {"checkpoint": str(args.checkpoint), **result}
+    if args.inception:
+        from .evaluation import inception_fid, reference_images
+
+        result["inception_fid"] = inception_fid(samples, reference_images(ckpt.config.dataset, len(samples))[0])
     print(format_report(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +246,9 @@ def format_report(r: dict) -> str:
         ("inception score (real data)", f"{r['inception_score']:.2f} ({r['real_inception_score']:.2f})"),
         ("sampling time", f"{r['seconds']:.1f}s"),
     ]
+    if "inception_fid" in r:
+        value = r["inception_fid"]
+        rows.insert(4, ("Inception FID (torchmetrics)", "skipped (offline)" if value is None else f"{value:.3f}"))
     if r["per_class_accuracy"] is not None:
         rows.insert(5, ("per class", " ".join(f"{c}:{100 * a:.0f}%" for c, a in enumerate(r["per_class_accuracy"])
                                                if a is not None)))
@@ -572,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluator", choices=["mnist", "fashion_mnist"], default="mnist")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="write the results here as JSON")
+    p.add_argument("--inception", action="store_true",
+                   help="also Inception FID (key inception_fid; needs torch-fidelity and a download: null offline)")
     p.add_argument("--grid", default=None, help="PNG of the most and least convincing samples "
                                                 "(default: next to --json)")
     p.set_defaults(func=cmd_evaluate)

@@ -115,6 +115,25 @@ def test_evaluate_json(ci_checkpoint, tmp_path, capsys):
     assert "FID floor" in capsys.readouterr().out
 
 
+def test_evaluate_inception_fid_is_null_with_a_reason_when_unavailable(ci_checkpoint, tmp_path, capsys, monkeypatch):
+    import torchmetrics.image.fid as tm_fid
+
+    real = tm_fid.FrechetInceptionDistance
+
+    def offline(feature=2048, **kwargs):   # the evaluator's FID passes its own feature module: keep it
+        if isinstance(feature, int):
+            raise OSError("cannot download the Inception weights: no network")
+        return real(feature=feature, **kwargs)
+
+    monkeypatch.setattr(tm_fid, "FrechetInceptionDistance", offline)
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(ci_checkpoint), "--num-samples", "20", "--sampler", "ddim",
+                 "--steps", "2", "--inception", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["inception_fid"] is None
+    printed = capsys.readouterr().out
+    assert "Inception FID skipped: OSError: cannot download" in printed and "skipped (offline)" in printed
+
+
 def test_benchmark_sampling(ci_checkpoint, tmp_path):
     out = tmp_path / "bench"
     assert main(["benchmark", "sampling", "--checkpoint", str(ci_checkpoint), "--num-samples", "20",
