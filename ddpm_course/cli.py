@@ -294,19 +294,47 @@ def cmd_pretrained(args) -> int:
 
 
 def cmd_pretrained_table(args) -> int:
-    """Print the shipped models' cards as a markdown table (the README's table)."""
+    """Print the shipped models' cards as a markdown table (the README's table): one row per evaluation."""
     from .pretrained import PRETRAINED, pretrained_paths
 
     print("| model | parameters | trained | FID ratio (FID / floor) | label accuracy | IS | evaluated with |")
     print("|---|---|---|---|---|---|---|")
     for name in PRETRAINED:
         card = json.loads(pretrained_paths(name)[1].read_text())
-        e = card["evaluation"]
-        acc = "—" if e["accuracy"] is None else f"{100 * e['accuracy']:.1f}%"
-        print(f"| `{name}` | {card['parameters'] / 1e6:.2f}M | {card['steps']} steps x {card['batch_size']}, "
-              f"{card['train_seconds']:.0f} s, {card['machine']} | {e['fid_ratio']:.2f} ({e['fid']:.1f} / "
-              f"{e['fid_floor']:.1f}) | {acc} | {e['inception_score']:.2f} | {e['num_samples']} samples, "
-              f"{e['sampler']} {e['steps']} steps, guidance {e['guidance_scale']} |")
+        for e in [card["evaluation"]] + card.get("more_evaluations", []):
+            acc = "—" if e["accuracy"] is None else f"{100 * e['accuracy']:.1f}%"
+            print(f"| `{name}` | {card['parameters'] / 1e6:.2f}M | {card['steps']} steps x {card['batch_size']}, "
+                  f"{card['train_seconds']:.0f} s, {card['machine']} | {e['fid_ratio']:.2f} ({e['fid']:.1f} / "
+                  f"{e['fid_floor']:.1f}) | {acc} | {e['inception_score']:.2f} | {e['num_samples']} samples, "
+                  f"{e['sampler']} {e['steps']} steps, guidance {e['guidance_scale']} |")
+    return 0
+
+
+def cmd_pretrained_add_evaluation(args) -> int:
+    """Record an ``evaluate --json`` result of the shipped weights on their card (the weights are unchanged)."""
+    from .pretrained import pretrained_paths
+
+    weights, card_path = pretrained_paths(args.name)
+    result = json.loads(Path(args.json).read_text())
+    if Path(result.get("checkpoint", "")).resolve() != weights.resolve():
+        raise ValueError(f"--json must be an evaluation of {weights} (python -m ddpm_course evaluate --checkpoint "
+                         f"{weights} ... --json FILE), got one of {result.get('checkpoint')!r}")
+    result["command"] = (f"python -m ddpm_course evaluate --checkpoint {Path(os.path.relpath(weights)).as_posix()} "
+                         f"--num-samples {result['num_samples']} --sampler {result['sampler']} --steps "
+                         f"{result['steps']} --guidance {result['guidance_scale']}")
+    result.pop("checkpoint")
+    card = json.loads(card_path.read_text())
+    same = ("sampler", "steps", "guidance_scale", "num_samples", "seed")
+    others = [e for e in [card["evaluation"]] + card.get("more_evaluations", [])
+              if any(e.get(k) != result.get(k) for k in same)]
+    if args.primary:
+        card["evaluation"], rest = result, others
+    else:
+        card["evaluation"], rest = others[0], others[1:] + [result]
+    card["more_evaluations"] = rest
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    print(f"Recorded on {card_path}: FID ratio {result['fid_ratio']:.2f}, guidance {result['guidance_scale']}"
+          + (" (now the card's main evaluation)" if args.primary else ""))
     return 0
 
 
@@ -599,6 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = psub.add_parser("table", help="print the shipped models' cards as a markdown table")
     q.set_defaults(func=cmd_pretrained_table)
+    q = psub.add_parser("add-evaluation", help="record an evaluate --json result of the shipped weights on their card")
+    q.add_argument("--name", choices=["mnist-cond", "mnist-uncond"], required=True)
+    q.add_argument("--json", required=True, help="output of: evaluate --checkpoint assets/pretrained-NAME.pt --json")
+    q.add_argument("--primary", action="store_true", help="make it the card's main evaluation")
+    q.set_defaults(func=cmd_pretrained_add_evaluation)
 
     p = sub.add_parser("benchmark", help="measure quality against sampling steps")
     bsub = p.add_subparsers(dest="benchmark_command", required=True, metavar="WHAT")

@@ -45,3 +45,31 @@ def test_shipped_models_fit_the_budget():
     assert sum(sizes) <= 10 * 1024 * 1024
     evaluator_card = json.loads((assets_dir() / "evaluator-mnist.json").read_text())
     assert (assets_dir() / "evaluator-mnist.pt").stat().st_size < 4 * 1024 * 1024 and evaluator_card
+
+
+def test_add_evaluation_records_a_result_of_the_shipped_weights(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from ddpm_course.cli import main
+
+    for suffix in (".pt", ".json"):
+        shutil.copy(assets_dir() / f"pretrained-mnist-cond{suffix}", tmp_path / f"pretrained-mnist-cond{suffix}")
+    monkeypatch.setenv("DDPM_COURSE_ASSETS", str(tmp_path))
+    card_path = tmp_path / "pretrained-mnist-cond.json"
+    first = json.loads(card_path.read_text())["evaluation"]
+    rows_before = 1 + len(json.loads(card_path.read_text()).get("more_evaluations", []))
+    result = {**first, "checkpoint": str(tmp_path / "pretrained-mnist-cond.pt"), "guidance_scale": 7.0,
+              "fid_ratio": 2.5, "fid": 34.0}
+    result.pop("command")
+    (tmp_path / "eval.json").write_text(json.dumps(result))
+    assert main(["pretrained", "add-evaluation", "--name", "mnist-cond", "--json", str(tmp_path / "eval.json"),
+                 "--primary"]) == 0
+    card = json.loads(card_path.read_text())
+    assert card["evaluation"]["guidance_scale"] == 7.0 and "--guidance 7.0" in card["evaluation"]["command"]
+    assert card["more_evaluations"][0] == first and len(card["more_evaluations"]) == rows_before
+    assert load_pretrained("mnist-cond").step == card["steps"]          # the weights and their hash are untouched
+    capsys.readouterr()
+    main(["pretrained", "table"])
+    assert capsys.readouterr().out.count("| `mnist-cond` |") == rows_before + 1
+    (tmp_path / "other.json").write_text(json.dumps({**result, "checkpoint": "runs/x/checkpoint.pt"}))
+    assert main(["pretrained", "add-evaluation", "--name", "mnist-cond", "--json", str(tmp_path / "other.json")]) != 0
