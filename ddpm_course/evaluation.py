@@ -62,7 +62,11 @@ def diversity(probs: torch.Tensor) -> dict:
 
 
 def label_accuracy(probs: torch.Tensor, labels: torch.Tensor) -> tuple:
-    """(overall, per-class list) fraction of images whose predicted class is the requested label."""
+    """(overall, per-class list) fraction of images whose predicted class is the requested label.
+
+    probs: (N, classes) as :func:`classify` returns them (on the CPU); labels: long (N,), any device.
+    """
+    labels = labels.to(probs.device)
     hits = (probs.argmax(dim=1) == labels).double()
     per_class = [hits[labels == c].mean().item() if bool((labels == c).any()) else None
                  for c in range(probs.shape[1])]
