@@ -327,7 +327,7 @@ def cmd_pretrained_add_evaluation(args) -> int:
     same = ("sampler", "steps", "guidance_scale", "num_samples", "seed")
     others = [e for e in [card["evaluation"]] + card.get("more_evaluations", [])
               if any(e.get(k) != result.get(k) for k in same)]
-    if args.primary:
+    if args.primary or not others:
         card["evaluation"], rest = result, others
     else:
         card["evaluation"], rest = others[0], others[1:] + [result]

@@ -18,7 +18,7 @@ import torch
 from ._version import __version__
 from .checkpoints import Checkpoint, load_checkpoint
 from .config import TrainConfig, default_profile_name, get_profile
-from .data import load_dataset
+from .data import load_available
 from .pretrained import load_pretrained
 from .training import describe_machine, resolve_device
 
@@ -73,11 +73,7 @@ def load_digits(n: int, *, seed: int = 0, dataset: str = "mnist") -> tuple:
 
     Offline machines may have only the test split: then it is used, and a note says so.
     """
-    try:
-        data = load_dataset(dataset, "train")
-    except FileNotFoundError:
-        data = load_dataset(dataset, "test", download=False)
-        print(f"Note: using the {dataset} test split ({len(data)} images): the train split is not available here.")
+    data = load_available(dataset, purpose="this notebook uses")
     index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     return data.images[index].float(), data.labels[index]
 

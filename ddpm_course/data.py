@@ -16,6 +16,7 @@ import gzip
 import os
 import struct
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -219,6 +220,27 @@ def load_dataset(name: str, split: str = "train", root=None, *, subset=None, ima
     if Path(name).is_dir():
         return load_image_folder(name, image_size, channels, subset=subset)
     raise ValueError(f"dataset must be 'mnist', 'fashion_mnist' or a folder of images, got {name!r}")
+
+
+def load_available(name: str, root=None, *, purpose: str | None = None, log: Callable = print,
+                   **kwargs) -> TensorImageDataset:
+    """The train split of a dataset when it is present or can be downloaded, else its test split.
+
+    Offline machines may hold only MNIST's 10,000 test digits. Falling back says so through ``log``
+    when ``purpose`` names what the data is for ("training uses"); other keywords go to
+    :func:`load_dataset`. When neither split exists, the train split's error is raised.
+    """
+    try:
+        return load_dataset(name, "train", root, **kwargs)
+    except FileNotFoundError as error:
+        try:
+            data = load_dataset(name, "test", root, **{**kwargs, "download": False})
+        except FileNotFoundError:
+            raise error from None
+    if purpose:
+        log(f"Note: the {name} train split is not available here, so {purpose} the "
+            f"{len(data)}-image test split ({data.name}).")
+    return data
 
 
 # ------------------------------------------------------------------------- batches on the device

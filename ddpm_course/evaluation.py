@@ -113,12 +113,9 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
 def reference_images(dataset: str, n: int, root=None, seed: int = 0) -> tuple:
     """Two disjoint sets of ``n`` real images (for FID and its floor), drawn from the train split
     when present, else the test split (offline MNIST has only its 10,000 test digits)."""
-    from .data import load_dataset
+    from .data import load_available
 
-    try:
-        pool = load_dataset(dataset, "train", root).images
-    except FileNotFoundError:
-        pool = load_dataset(dataset, "test", root, download=False).images
+    pool = load_available(dataset, root).images
     if 2 * n > len(pool):
         raise ValueError(f"num_samples must be <= {len(pool) // 2} here: the FID floor needs two disjoint "
                          f"sets of num_samples real images and only {len(pool)} are available; got {n}")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ._version import __version__
 from .checkpoints import FORMAT, read_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import DeviceBatches, TensorImageDataset, load_dataset
+from .data import DeviceBatches, TensorImageDataset, load_available, load_dataset
 from .ema import EMA
 from .losses import diffusion_loss
 from .schedules import NoiseSchedule
@@ -85,20 +85,10 @@ def load_training_data(config: TrainConfig, log: Callable = print) -> TensorImag
     split="auto" uses the train split when it is present or can be downloaded and otherwise the
     test split, saying so: offline machines may only have MNIST's 10,000 test digits.
     """
-    kwargs = dict(root=config.data_root, subset=config.subset, image_size=config.model.image_size,
-                  channels=config.model.image_channels)
+    kwargs = dict(subset=config.subset, image_size=config.model.image_size, channels=config.model.image_channels)
     if config.split != "auto":
-        return load_dataset(config.dataset, config.split, **kwargs)
-    try:
-        return load_dataset(config.dataset, "train", **kwargs)
-    except FileNotFoundError as error:
-        try:
-            data = load_dataset(config.dataset, "test", download=False, **kwargs)
-        except FileNotFoundError:
-            raise error from None
-        log(f"Note: the {config.dataset} train split is not available here, so training uses the "
-            f"{len(data)}-image test split ({data.name}).")
-        return data
+        return load_dataset(config.dataset, config.split, config.data_root, **kwargs)
+    return load_available(config.dataset, config.data_root, purpose="training uses", log=log, **kwargs)
 
 
 def _check_data(config: TrainConfig, data: TensorImageDataset) -> None:
