@@ -20,7 +20,7 @@ from torch import nn
 from ._checks import check_float, check_int
 from .config import TrainConfig
 from .evaluation import evaluate_samples, reference_images
-from .evaluator import load_evaluator
+from .evaluator import evaluator_for, load_evaluator
 from .sampling import sample_dpm_solver
 from .training import Trainer
 
@@ -96,7 +96,7 @@ def benchmark_training(config: TrainConfig, *, seconds: float, evaluations: int 
         for name, build in builds:
             cfg = config.replace(out_dir=f"{tmp}/{len(runs)}")
             trainer = Trainer(cfg, log=lambda *_: None, model=None if build is None else build(cfg.model))
-            evaluator = load_evaluator("mnist", trainer.device)
+            evaluator = load_evaluator(evaluator_for(cfg.dataset), trainer.device)
             real_a, real_b = reference_images(cfg.dataset, num_samples)
             run = BenchmarkRun(name, sum(p.numel() for p in trainer.model.parameters()))
             marks = [seconds * (k + 1) / evaluations for k in range(evaluations)]

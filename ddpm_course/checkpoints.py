@@ -72,6 +72,15 @@ class Checkpoint:
         return self.config.model.num_classes
 
 
+def _fast_layout(model: UNet) -> UNet:
+    """On the CPU, the channels-last (NHWC) layout: sampling the ``cpu`` model ran 1.1x faster at
+    batch 64 and 1.4-1.8x at batch 500 on the 2-core development machine (same results up to
+    float rounding). Other devices keep the default layout (not measured there)."""
+    if next(model.parameters()).device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def load_checkpoint(path, device="cpu") -> Checkpoint:
     """Load a checkpoint written by :func:`ddpm_course.train` (or a shipped pretrained model,
     whose ``.model`` is its EMA weights) onto ``device``."""
@@ -85,5 +94,6 @@ def load_checkpoint(path, device="cpu") -> Checkpoint:
     else:  # a shipped model carries only its EMA weights
         model = ema_model
     schedule = NoiseSchedule.from_name(config.schedule, config.T).to(device)
+    model, ema_model = (_fast_layout(m) for m in (model, ema_model))
     return Checkpoint(model.eval(), ema_model.eval(), schedule, config, int(state["step"]), Path(path),
                       [tuple(h) for h in state.get("history", [])], dict(state.get("info", {})))

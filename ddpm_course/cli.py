@@ -256,16 +256,17 @@ def format_report(r: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def run_evaluation(ckpt, evaluator_name: str, num_samples: int, *, sampler: str = "dpm_solver",
+def run_evaluation(ckpt, evaluator_name: str | None, num_samples: int, *, sampler: str = "dpm_solver",
                    steps: int | None = None, guidance: float = 1.0, seed: int = 0, batch_size: int = 250) -> tuple:
-    """Sample ``num_samples`` images from a loaded checkpoint and evaluate them.
+    """Sample ``num_samples`` images from a loaded checkpoint and evaluate them; evaluator_name
+    None takes the evaluator of the checkpoint's dataset.
 
     Returns (result dict, samples, labels or None, the evaluator)."""
     from .evaluation import evaluate_samples, reference_images
-    from .evaluator import load_evaluator
+    from .evaluator import evaluator_for, load_evaluator
 
     device = next(ckpt.ema_model.parameters()).device
-    evaluator = load_evaluator(evaluator_name, device)
+    evaluator = load_evaluator(evaluator_for(ckpt.config.dataset, evaluator_name), device)
     real_a, real_b = reference_images(ckpt.config.dataset, num_samples)
     labels = parse_labels("all" if ckpt.num_classes else None, num_samples, ckpt.num_classes)
     start = time.perf_counter()
@@ -284,7 +285,7 @@ def cmd_pretrained(args) -> int:
     path = export_pretrained(args.checkpoint, args.name, command=args.command)
     ckpt = load_checkpoint(path, resolve_device(args.device))
     guidance = args.guidance if ckpt.num_classes else 1.0
-    result, *_ = run_evaluation(ckpt, "mnist", args.num_samples, guidance=guidance)
+    result, *_ = run_evaluation(ckpt, None, args.num_samples, guidance=guidance)
     result["command"] = (f"python -m ddpm_course evaluate --checkpoint {Path(os.path.relpath(path)).as_posix()} "
                          f"--num-samples {args.num_samples} --guidance {guidance}")
     print(format_report(result))
@@ -356,7 +357,7 @@ def cmd_benchmark_sampling(args) -> int:
     rows = []
     for spec in args.samplers:
         sampler, steps = parse_sampler_spec(spec)
-        result, *_ = run_evaluation(ckpt, "mnist", args.num_samples, sampler=sampler, steps=steps,
+        result, *_ = run_evaluation(ckpt, None, args.num_samples, sampler=sampler, steps=steps,
                                     guidance=args.guidance if ckpt.num_classes else 1.0, seed=args.seed)
         rows.append(result)
         print(f"{sampler} {result['steps']} steps: FID ratio {result['fid_ratio']:.2f}, "
@@ -604,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=250)
-    p.add_argument("--evaluator", choices=["mnist", "fashion_mnist"], default="mnist")
+    p.add_argument("--evaluator", choices=["mnist", "fashion_mnist"], default=None,
+                   help="the classifier that judges the samples (default: the checkpoint's dataset's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="write the results here as JSON")
     p.add_argument("--inception", action="store_true",

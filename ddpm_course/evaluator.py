@@ -185,6 +185,19 @@ def verified_card(weights: Path, card_path: Path) -> dict:
     return card
 
 
+def evaluator_for(dataset: str, name: str | None = None) -> str:
+    """The evaluator to judge samples of ``dataset`` with: ``name`` when given, else the one
+    trained on that dataset. Images from a folder have no shipped judge: an error says so."""
+    if name is not None:
+        check_choice("evaluator", name, EVALUATOR_DATASETS)
+        return name
+    key = str(dataset).replace("-", "_")
+    if key not in EVALUATOR_DATASETS:
+        raise ValueError(f"no shipped evaluator for dataset {dataset!r}: the evaluators know "
+                         f"{', '.join(EVALUATOR_DATASETS)}; pass one explicitly to judge other images with it")
+    return key
+
+
 def load_evaluator(name: str = "mnist", device="cpu", assets=None) -> DigitClassifier:
     """The shipped evaluator for ``name`` ("mnist" or "fashion_mnist"), in eval mode.
 

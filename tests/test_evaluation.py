@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from ddpm_course.evaluation import (
     label_accuracy,
     reference_images,
 )
-from ddpm_course.evaluator import DigitClassifier, classifier_accuracy, load_evaluator, train_evaluator
+from ddpm_course.evaluator import DigitClassifier, classifier_accuracy, evaluator_for, load_evaluator, train_evaluator
 
 
 def gen(seed):
@@ -88,6 +89,32 @@ def test_shipped_evaluator_meets_its_card():
     # real digits score as real digits
     probs = torch.softmax(model(held_x[:1000]), dim=1)
     assert inception_score(probs) > 9.0 and confidence(probs) > 0.95
+
+
+def test_shipped_fashion_evaluator_meets_its_card():
+    """Fashion-MNIST's judge: trained on its 60,000 training images, held out on the 10,000 test
+    images (Debian's dataset-fashion-mnist; .ci/run installs it)."""
+    from ddpm_course.data import load_fashion_mnist
+
+    model = load_evaluator("fashion_mnist")
+    card = model.card
+    assert card["train_images"] == 60000 and card["heldout_images"] == 10000 and card["heldout_accuracy"] >= 0.9
+    try:
+        test = load_fashion_mnist("test", download=False)
+    except FileNotFoundError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("Fashion-MNIST not installed here (apt-get install -y dataset-fashion-mnist); CI installs it")
+    assert abs(classifier_accuracy(model, test.images, test.labels) - card["heldout_accuracy"]) < 1e-4
+
+
+def test_each_dataset_is_judged_by_its_own_evaluator():
+    assert evaluator_for("mnist") == "mnist" and evaluator_for("fashion-mnist") == "fashion_mnist"
+    assert evaluator_for("fashion_mnist", "mnist") == "mnist"
+    with pytest.raises(ValueError, match="no shipped evaluator for dataset '/data/faces'"):
+        evaluator_for("/data/faces")
+    with pytest.raises(ValueError, match="evaluator"):
+        evaluator_for("mnist", "cifar10")
 
 
 def test_reference_images_are_disjoint_and_bounded(synthetic_root):

@@ -28,8 +28,24 @@ def test_train_writes_a_loadable_checkpoint(tiny_config):
     assert not any(p.name.endswith(".tmp") for p in path.parent.iterdir())
 
 
-def test_resume_is_exact(tiny_config, tmp_path):
+def test_loaded_models_use_the_fast_layout_and_agree_with_the_default_one(tiny_config):
+    from ddpm_course import UNet
+
+    ckpt = load_checkpoint(_train_quietly(tiny_config)[0])
+    conv = next(m for m in ckpt.ema_model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    plain = UNet(tiny_config.model).eval()
+    plain.load_state_dict(ckpt.ema_model.state_dict())
+    x, t, y = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 9, 25, 49]), \
+        torch.tensor([0, 3, 7, 10])
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.ema_model(x, t, y), plain(x, t, y), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_resume_is_exact(tiny_config, tmp_path, channels_last):
     """Training to N in one go == training to k, stopping, and resuming to N (bit for bit)."""
+    tiny_config = tiny_config.replace(channels_last=channels_last)
     straight, _ = _train_quietly(tiny_config.replace(out_dir=str(tmp_path / "a")))
     part = tiny_config.replace(out_dir=str(tmp_path / "b"), max_steps=4)
     _train_quietly(part)
