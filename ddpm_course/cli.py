@@ -352,8 +352,13 @@ def parse_sampler_spec(spec: str) -> tuple:
 
 
 def cmd_benchmark_sampling(args) -> int:
-    """Quality against steps (report 001's table, done properly): FID ratio, accuracy, seconds."""
+    """Quality against steps (report 001's table, done properly): FID ratio, accuracy, seconds.
+
+    The table and JSON are rewritten after every row, so a long run (DDPM over all T steps takes
+    hours on a CPU) that is stopped keeps the rows it finished."""
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for spec in args.samplers:
         sampler, steps = parse_sampler_spec(spec)
@@ -362,21 +367,37 @@ def cmd_benchmark_sampling(args) -> int:
         rows.append(result)
         print(f"{sampler} {result['steps']} steps: FID ratio {result['fid_ratio']:.2f}, "
               f"{result['seconds']:.1f}s", flush=True)
-    acc = lambda r: "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"  # noqa: E731
-    lines = [f"Checkpoint `{args.checkpoint}`, {args.num_samples} samples per row, guidance "
-             f"{rows[0]['guidance_scale']}, seed {args.seed}; FID floor (real vs real, same N) "
-             f"{rows[0]['fid_floor']:.2f}.", "",
-             "| sampler | model calls | FID | FID ratio | label accuracy | seconds |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['sampler']} | {r['steps']} | {r['fid']:.2f} | {r['fid_ratio']:.2f} | {acc(r)} | "
-              f"{r['seconds']:.1f} |" for r in rows]
-    table = "\n".join(lines)
+        table = sampling_table(rows, args.checkpoint, args.num_samples, args.seed)
+        atomic_write_text(out / "sampling.md", table + "\n")
+        atomic_write_text(out / "sampling.json", json.dumps(rows, indent=2) + "\n")
     print("\n" + table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sampling.md").write_text(table + "\n")
-    (out / "sampling.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nWrote {out / 'sampling.md'} and {out / 'sampling.json'}")
     return 0
+
+
+def sampling_table(rows: list, checkpoint, num_samples: int, seed: int) -> str:
+    """The markdown table of :func:`cmd_benchmark_sampling`; with a DDPM row, each FID is also
+    given relative to DDPM's."""
+    ddpm = next((r["fid"] for r in rows if r["sampler"] == "ddpm"), None)
+    lines = [f"Checkpoint `{checkpoint}`, {num_samples} samples per row, guidance "
+             f"{rows[0]['guidance_scale']}, seed {seed}; FID floor (real vs real, same N) "
+             f"{rows[0]['fid_floor']:.2f}.", "",
+             "| sampler | model calls | FID | FID ratio |" + (" FID / DDPM's |" if ddpm else "")
+             + " label accuracy | seconds |",
+             "|---" * (6 + bool(ddpm)) + "|"]
+    for r in rows:
+        acc = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        rel = f" {r['fid'] / ddpm:.2f} |" if ddpm else ""
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['fid']:.2f} | {r['fid_ratio']:.2f} |{rel} {acc} | "
+                     f"{r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def cmd_demo(args) -> int:

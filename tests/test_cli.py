@@ -141,9 +141,35 @@ def test_benchmark_sampling(ci_checkpoint, tmp_path):
     rows = json.loads((out / "sampling.json").read_text())
     assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("dpm_solver", 3)]
     table = (out / "sampling.md").read_text()
-    assert "| ddim | 2 |" in table and "| dpm_solver | 3 |" in table
+    assert "| ddim | 2 |" in table and "| dpm_solver | 3 |" in table and "DDPM's" not in table
     with pytest.raises(SystemExit, match="sampler specs look like"):
         main(["benchmark", "sampling", "--checkpoint", str(ci_checkpoint), "--samplers", "euler:5"])
+
+
+def test_benchmark_sampling_compares_with_ddpm_and_keeps_finished_rows(ci_checkpoint, tmp_path, monkeypatch):
+    from ddpm_course import cli
+
+    out = tmp_path / "bench"
+    real = cli.run_evaluation
+    calls = []
+
+    def stop_at_the_third_row(*args, **kwargs):
+        calls.append(kwargs["sampler"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "run_evaluation", stop_at_the_third_row)
+    with pytest.raises(KeyboardInterrupt):
+        main(["benchmark", "sampling", "--checkpoint", str(ci_checkpoint), "--num-samples", "12",
+              "--samplers", "ddpm", "ddim:4", "dpm_solver:3", "--out", str(out)])
+    rows = json.loads((out / "sampling.json").read_text())
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddpm", 100), ("ddim", 4)]
+    table = (out / "sampling.md").read_text().splitlines()
+    assert "FID / DDPM's" in table[2] and table[4].split("|")[5].strip() == "1.00"
+    ddim = rows[1]
+    assert table[5].split("|")[5].strip() == f"{ddim['fid'] / rows[0]['fid']:.2f}"
+    assert not list(out.glob("*.tmp"))
 
 
 def test_profiles_flops_counts_a_known_convolution_and_orders_the_profiles(capsys):
