@@ -14,6 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -25,14 +26,15 @@ FORMAT = "ddpm_course.checkpoint/1"
 PRETRAINED_FORMAT = "ddpm_course.pretrained/1"  # EMA weights only (ddpm_course.pretrained)
 
 
-def save_checkpoint(state: dict, path) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+def atomic_write(path, write: Callable) -> Path:
+    """Write a file atomically: ``write(f)`` fills a temporary binary file in the same folder,
+    which is fsynced and moved over ``path`` with ``os.replace``; on any error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,6 +43,16 @@ def save_checkpoint(state: dict, path) -> Path:
             os.remove(tmp)
         raise
     return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """:func:`atomic_write` for UTF-8 text."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_checkpoint(state: dict, path) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def read_checkpoint(path, device="cpu") -> dict:

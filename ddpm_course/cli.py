@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import exercises, grading, student_edition
-from .checkpoints import load_checkpoint
+from .checkpoints import atomic_write_text, load_checkpoint
 from .config import PROFILES, TrainConfig, default_profile_name, get_profile
 from .sampling import sample_ddim, sample_ddpm, sample_dpm_solver
 from .training import resolve_device, train
@@ -391,13 +391,6 @@ def sampling_table(rows: list, checkpoint, num_samples: int, seed: int) -> str:
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['fid']:.2f} | {r['fid_ratio']:.2f} |{rel} {acc} | "
                      f"{r['seconds']:.1f} |")
     return "\n".join(lines)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def cmd_demo(args) -> int:
