@@ -2,12 +2,17 @@
 
 Everything in the public API (see docs) is importable from here:
 
-    from ddpm_course import NoiseSchedule, UNet, UNetConfig, sample_ddpm, sample_ddim, train
+    from ddpm_course import NoiseSchedule, UNet, UNetConfig, sample, sample_ddpm, sample_ddim, train
+
+The diffusion library is this package's modules (schedules, unet, losses, sampling, guidance,
+training, ema, checkpoints, data, config, generation, evaluation, ...); the course's own tooling
+(notebook setup, widgets, exercise checks, student edition, grading) is the subpackage
+``ddpm_course.course``, and the command line is ``ddpm_course.cli``.
 """
 
 from ._version import COLAB_REPO, __version__
 from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
-from .config import PROFILES, TrainConfig, default_profile_name, get_profile
+from .config import PROFILES, TrainConfig, default_profile_name, get_profile, recommended_sampling
 from .data import (
     DeviceBatches,
     TensorImageDataset,
@@ -16,30 +21,45 @@ from .data import (
     load_image_folder,
     load_mnist,
 )
+from .devices import resolve_device
 from .ema import EMA
+from .evaluation import evaluate_checkpoint
 from .evaluator import load_evaluator
+from .generation import SamplingSettings, class_labels, generate_samples, sampling_settings
 from .guidance import guidance_combine, predict_noise
 from .losses import diffusion_loss, noise_batch
 from .pretrained import load_pretrained
 from .sampling import (
+    DEFAULT_STEPS,
+    SAMPLERS,
     StepOutput,
     ddim_step,
     ddim_timesteps,
     ddpm_step,
     dpm_solver_step,
     predict_x0,
+    sample,
     sample_ddim,
     sample_ddpm,
     sample_dpm_solver,
 )
 from .schedules import NoiseSchedule
-from .training import TrainingDiverged, resolve_device, train
+from .training import TrainingDiverged, train
 from .unet import UNet, UNetConfig, sinusoidal_embedding
 from .visualize import ProcessRecorder, process_grid, save_gif, save_grid, show_images
 
 __all__ = [
     "__version__",
     "Checkpoint",
+    "class_labels",
+    "DEFAULT_STEPS",
+    "evaluate_checkpoint",
+    "generate_samples",
+    "recommended_sampling",
+    "sample",
+    "SAMPLERS",
+    "sampling_settings",
+    "SamplingSettings",
     "COLAB_REPO",
     "ddim_step",
     "ddim_timesteps",

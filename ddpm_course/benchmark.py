@@ -1,4 +1,4 @@
-"""Training benchmark: the course's U-Net against a peer architecture, same loop, data and time.
+"""Benchmarks: training against a peer architecture, sampling quality against steps, throughput.
 
 ``python -m ddpm_course benchmark training --profile P`` trains the profile's :class:`UNet` and, in
 the same run, diffusers' ``UNet2DModel`` configured with the same widths, depth, attention levels
@@ -6,23 +6,34 @@ and label embedding (so a similar parameter count), each with the same :class:`T
 schedule, EMA, data order, noise) for the same wall-clock budget. At evenly spaced moments it
 samples from the EMA weights and measures the FID ratio and label accuracy with the offline
 evaluator; it reports training images/s, the quality reached at equal wall time and the ratios.
+
+``benchmark sampling`` measures FID ratio, accuracy and time of each sampler and step count
+(:func:`benchmark_sampling`); ``profiles`` lists the profiles with their FLOPs and measured
+training images/s (:func:`profiles_table`).
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ._checks import check_float, check_int
-from .config import TrainConfig
-from .evaluation import evaluate_samples, reference_images
+from .config import PROFILES, TrainConfig, get_profile
+from .evaluation import evaluate_checkpoint
 from .evaluator import evaluator_for, load_evaluator
-from .sampling import sample_dpm_solver
-from .training import Trainer
+from .files import atomic_write_json, atomic_write_text
+from .losses import diffusion_loss
+from .sampling import SAMPLERS
+from .schedules import NoiseSchedule
+from .training import Trainer, train
+from .unet import UNet
 
 
 class DiffusersUNet(nn.Module):
@@ -36,6 +47,8 @@ class DiffusersUNet(nn.Module):
     def __init__(self, config):
         super().__init__()
         from diffusers import UNet2DModel
+
+        self.config = config  # the image shape, for sampling
 
         widths = tuple(config.base_channels * m for m in config.channel_mults)
         attn = [res in config.attention_resolutions for res in config.resolutions]
@@ -72,21 +85,14 @@ class BenchmarkRun:
         return self.points[-1]["images"] / max(self.seconds, 1e-9) if self.points else 0.0
 
 
-def _evaluate(model, schedule, evaluator, real_a, real_b, n: int, steps: int, guidance: float, seed: int) -> dict:
-    num_classes = getattr(model, "num_classes", None)
-    labels = torch.arange(n) % num_classes if num_classes else None
-    device = next(model.parameters()).device
-    x = sample_dpm_solver(model, schedule.to("cpu"), (n, 1, 28, 28), steps=steps,
-                          labels=labels.to(device) if labels is not None else None,
-                          guidance_scale=guidance if labels is not None else 1.0,
-                          generator=torch.Generator(device).manual_seed(seed))
-    return evaluate_samples(evaluator, x, real_a, real_b, labels)
-
-
 def benchmark_training(config: TrainConfig, *, seconds: float, evaluations: int = 3, num_samples: int = 200,
-                       sampler_steps: int = 20, guidance: float = 3.0, peers: bool = True,
-                       log=print) -> list:
-    """Train the course's UNet (and the diffusers peer) for ``seconds`` each; return [BenchmarkRun]."""
+                       sampler_steps: int = 20, guidance_scale: float | None = None, peers: bool = True,
+                       log=print, clock: Callable[[], float] = time.perf_counter) -> list:
+    """Train the course's UNet (and the diffusers peer) for ``seconds`` each; return [BenchmarkRun].
+
+    guidance_scale: for the quality measurements (None: the recommended one). clock: the timer
+    (seconds), replaceable in tests.
+    """
     check_float("seconds", seconds, minimum=1.0)
     check_int("evaluations", evaluations, minimum=1)
     check_int("num_samples", num_samples, minimum=10)
@@ -97,24 +103,24 @@ def benchmark_training(config: TrainConfig, *, seconds: float, evaluations: int 
             cfg = config.replace(out_dir=f"{tmp}/{len(runs)}")
             trainer = Trainer(cfg, log=lambda *_: None, model=None if build is None else build(cfg.model))
             evaluator = load_evaluator(evaluator_for(cfg.dataset), trainer.device)
-            real_a, real_b = reference_images(cfg.dataset, num_samples)
             run = BenchmarkRun(name, sum(p.numel() for p in trainer.model.parameters()))
             marks = [seconds * (k + 1) / evaluations for k in range(evaluations)]
             log(f"{name}: {run.parameters / 1e6:.2f}M parameters, {seconds:.0f} s of training")
             while marks:
-                start = time.perf_counter()
-                while run.seconds + (time.perf_counter() - start) < marks[0]:
+                start = clock()
+                while run.seconds + (clock() - start) < marks[0]:
                     trainer.train_step()
                 if trainer.device.type == "cuda":
                     torch.cuda.synchronize()
-                run.seconds += time.perf_counter() - start
+                run.seconds += clock() - start
                 marks.pop(0)
-                result = _evaluate(trainer.ema.model, trainer.schedule, evaluator, real_a, real_b, num_samples,
-                                   sampler_steps, guidance, cfg.seed)
+                result = evaluate_checkpoint(trainer.ema.model, schedule=trainer.schedule, dataset=cfg.dataset,
+                                             num_samples=num_samples, sampler="dpm_solver", steps=sampler_steps,
+                                             guidance_scale=guidance_scale, seed=cfg.seed, evaluator=evaluator)
                 point = {"step": trainer.step, "seconds": round(run.seconds, 1),
                          "images": trainer.step * cfg.batch_size, "fid": result["fid"],
                          "fid_floor": result["fid_floor"], "fid_ratio": result["fid_ratio"],
-                         "accuracy": result["accuracy"]}
+                         "accuracy": result["accuracy"], "guidance_scale": result["guidance_scale"]}
                 run.points.append(point)
                 acc = "-" if point["accuracy"] is None else f"{100 * point['accuracy']:.1f}%"
                 log(f"  {point['seconds']:>7.1f} s, step {trainer.step}: FID ratio {point['fid_ratio']:.2f}, "
@@ -124,8 +130,9 @@ def benchmark_training(config: TrainConfig, *, seconds: float, evaluations: int 
     return runs
 
 
-def format_training_table(runs: list, config: TrainConfig, profile: str, num_samples: int, guidance: float) -> str:
+def format_training_table(runs: list, config: TrainConfig, profile: str, num_samples: int) -> str:
     """Markdown: one row per (architecture, moment), then the ratios at equal wall time."""
+    guidance = runs[0].points[0]["guidance_scale"]
     lines = [f"Profile `{profile}` ({config.batch_size} images per step, lr {config.lr}, EMA {config.ema_decay}); "
              f"quality from the EMA weights, {num_samples} samples, DPM-Solver++ 20 steps, guidance {guidance}; "
              f"FID floor (real vs real, same N) {runs[0].points[0]['fid_floor']:.2f}.", "",
@@ -142,4 +149,125 @@ def format_training_table(runs: list, config: TrainConfig, profile: str, num_sam
                       f"{ours.images_per_second / max(peer.images_per_second, 1e-9):.2f}x; final FID ratio "
                       f"{ours.points[-1]['fid_ratio']:.2f} vs {peer.points[-1]['fid_ratio']:.2f} "
                       f"({ours.points[-1]['fid_ratio'] / peer.points[-1]['fid_ratio']:.2f}x, lower is better)."]
+    return "\n".join(lines)
+
+
+def write_training_benchmark(runs: list, config: TrainConfig, profile: str, num_samples: int, out) -> str:
+    """Write ``training.md`` and ``training.json`` into the folder ``out``; return the table."""
+    table = format_training_table(runs, config, profile, num_samples)
+    rows = [{"name": r.name, "parameters": r.parameters, "steps": r.steps, "seconds": round(r.seconds, 1),
+             "images_per_second": round(r.images_per_second, 1), "points": r.points} for r in runs]
+    atomic_write_text(Path(out) / "training.md", table + "\n")
+    atomic_write_json(Path(out) / "training.json", {"profile": profile, "runs": rows})
+    return table
+
+
+# ----------------------------------------------------------------------------- sampling
+DEFAULT_SAMPLING_GRID = ("ddpm", "ddim:10", "ddim:20", "ddim:50", "ddim:100", "ddim:250",
+                         "dpm_solver:10", "dpm_solver:20")
+
+
+def parse_sampler_spec(spec: str) -> tuple:
+    """"ddim:50" -> ("ddim", 50); "ddpm" -> ("ddpm", None). Raises ValueError naming the spec."""
+    name, colon, steps = spec.partition(":")
+    if name not in SAMPLERS or (colon and not steps.isdigit()) or (steps and int(steps) < 1):
+        raise ValueError(f"sampler specs look like ddpm, ddim:50 or dpm_solver:20 (steps >= 1, samplers "
+                         f"{', '.join(SAMPLERS)}); got {spec!r}")
+    return name, int(steps) if steps else None
+
+
+def sampling_table(rows: list, checkpoint, num_samples: int, seed: int) -> str:
+    """The markdown table of :func:`benchmark_sampling`; with a DDPM row, each FID is also given
+    relative to DDPM's."""
+    ddpm = next((r["fid"] for r in rows if r["sampler"] == "ddpm"), None)
+    lines = [f"Checkpoint `{checkpoint}`, {num_samples} samples per row, guidance "
+             f"{rows[0]['guidance_scale']}, seed {seed}; FID floor (real vs real, same N) "
+             f"{rows[0]['fid_floor']:.2f}.", "",
+             "| sampler | model calls | FID | FID ratio |" + (" FID / DDPM's |" if ddpm else "")
+             + " label accuracy | seconds |",
+             "|---" * (6 + bool(ddpm)) + "|"]
+    for r in rows:
+        acc = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        rel = f" {r['fid'] / ddpm:.2f} |" if ddpm else ""
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['fid']:.2f} | {r['fid_ratio']:.2f} |{rel} {acc} | "
+                     f"{r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def benchmark_sampling(ckpt, specs, *, num_samples: int = 500, guidance_scale: float | None = None, seed: int = 0,
+                       out="benchmarks", log=print) -> str:
+    """Quality against steps: one :func:`evaluate_checkpoint` row per sampler spec ("ddim:50").
+
+    The table (``sampling.md``) and rows (``sampling.json``) in ``out`` are rewritten after every
+    row, so a long run (DDPM over all T steps takes hours on a CPU) that is stopped keeps the rows
+    it finished. Returns the table.
+    """
+    parsed = [parse_sampler_spec(spec) for spec in specs]   # every spec checked before any work
+    rows, table = [], ""
+    for sampler, steps in parsed:
+        result = evaluate_checkpoint(ckpt, num_samples=num_samples, sampler=sampler, steps=steps,
+                                     guidance_scale=guidance_scale, seed=seed)
+        rows.append(result)
+        log(f"{sampler} {result['steps']} steps: FID ratio {result['fid_ratio']:.2f}, {result['seconds']:.1f}s")
+        table = sampling_table(rows, ckpt.path, num_samples, seed)
+        atomic_write_text(Path(out) / "sampling.md", table + "\n")
+        atomic_write_json(Path(out) / "sampling.json", rows)
+    return table
+
+
+# ----------------------------------------------------------------------------- throughput
+def measure_throughput(config: TrainConfig, steps: int) -> float:
+    """Median training images/second of ``config`` over ``steps`` real steps (the first log, with
+    the warm-up of the first steps, is left out)."""
+    check_int("steps", steps, minimum=2)
+    rates = []
+    log_every = max(1, steps // 6)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = config.replace(max_steps=steps + log_every, log_every=log_every, checkpoint_every=10**9,
+                             out_dir=tmp)
+        train(run, resume=False, progress=False, log=lambda *a: None,
+              callback=lambda info: rates.append(info["images_per_second"]))
+    return statistics.median(rates[1:])
+
+
+def training_flops_per_image(config: TrainConfig, batch: int = 4) -> float:
+    """Floating-point operations of one training image (forward and backward), counted by
+    torch.utils.flop_counter on the CPU (matrix multiplies and convolutions; elementwise ops excluded)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, schedule = UNet(config.model), NoiseSchedule.from_name(config.schedule, config.T)
+    m = config.model
+    x0 = torch.rand(batch, m.image_channels, m.image_size, m.image_size) * 2 - 1
+    labels = torch.randint(0, m.num_classes, (batch,)) if m.num_classes else None
+    with FlopCounterMode(display=False) as counter:
+        diffusion_loss(model, schedule, x0, labels).backward()
+    return counter.get_total_flops() / batch
+
+
+def profiles_table(*, flops: bool = False, measure: int = 0, device: str = "auto", log=print) -> str:
+    """The README's profile table, printed row by row through ``log``: size and budget of each
+    profile; with ``flops`` the training FLOPs and the T4 minutes they imply at 10-20 TFLOP/s (an
+    estimate); with ``measure`` the training images/s over about ``measure`` steps of 64 images."""
+    header = "| profile | parameters | T | schedule | batch | steps | conditional | budget |"
+    if flops:
+        header += " train GFLOP/image | PFLOP per run | T4 minutes at 10-20 TFLOP/s (estimate) |"
+    if measure:
+        header += " train img/s |"
+    lines = [header, "|---" * header.count(" |") + "|"]
+    for line in lines:
+        log(line)
+    for name, profile in PROFILES.items():
+        cfg = get_profile(name)
+        line = (f"| `{name}` | {UNet(cfg.model).num_parameters() / 1e6:.2f}M | {cfg.T} | {cfg.schedule} | "
+                f"{cfg.batch_size} | {cfg.max_steps} | {'yes' if cfg.model.num_classes else 'no'} | "
+                f"{profile.budget_minutes:g} min on {profile.machine} |")
+        if flops:
+            per_image = training_flops_per_image(cfg)
+            total = per_image * cfg.batch_size * cfg.max_steps
+            line += f" {per_image / 1e9:.2f} | {total / 1e15:.2f} | {total / 20e12 / 60:.1f}-{total / 10e12 / 60:.1f} |"
+        if measure:
+            steps = max(6, int(measure * 64 / cfg.batch_size))
+            line += f" {measure_throughput(cfg.replace(device=device), steps):.0f} |"
+        log(line)
+        lines.append(line)
     return "\n".join(lines)

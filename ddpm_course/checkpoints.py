@@ -10,44 +10,23 @@ refuses anything but tensors and plain data: opening a checkpoint never runs cod
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, recommended_sampling
+from .files import atomic_write
 from .schedules import NoiseSchedule
 from .unet import UNet
 
 FORMAT = "ddpm_course.checkpoint/1"
 PRETRAINED_FORMAT = "ddpm_course.pretrained/1"  # EMA weights only (ddpm_course.pretrained)
-
-
-def atomic_write(path, write: Callable) -> Path:
-    """Write a file atomically: ``write(f)`` fills a temporary binary file in the same folder,
-    which is fsynced and moved over ``path`` with ``os.replace``; on any error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """:func:`atomic_write` for UTF-8 text."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+EVALUATOR_FORMAT = "ddpm_course.evaluator/1"    # the offline judge (ddpm_course.evaluator)
+KINDS = {FORMAT: "a training checkpoint (load it with load_checkpoint)",
+         PRETRAINED_FORMAT: "a shipped pretrained model (load it with load_pretrained or load_checkpoint)",
+         EVALUATOR_FORMAT: "an evaluator, the classifier that judges samples (load it with load_evaluator)"}
 
 
 def save_checkpoint(state: dict, path) -> Path:
@@ -55,15 +34,42 @@ def save_checkpoint(state: dict, path) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
-def read_checkpoint(path, device="cpu") -> dict:
-    """The raw checkpoint dict, loaded with ``weights_only=True`` onto ``device``."""
+def read_state(path, device="cpu", *, formats=(FORMAT, PRETRAINED_FORMAT), what: str = "model checkpoint") -> dict:
+    """The raw dict of a file the package wrote, loaded with ``weights_only=True`` onto ``device``.
+
+    Says in the user's terms what is wrong: not found, empty, truncated or corrupt, content other
+    than tensors and plain data (refused: reading never runs code), or a file of another kind
+    (e.g. an evaluator where a model was expected) or an unknown format.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {str(path)!r} is not a file")
-    state = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") not in (FORMAT, PRETRAINED_FORMAT):
-        raise ValueError(f"{path} is not a ddpm_course checkpoint (expected format {FORMAT!r})")
+        raise FileNotFoundError(f"{what} not found: {str(path)!r} is not a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a {what}; was its writing interrupted?")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "global" in str(error).lower():  # a class or function to import: code would run
+            raise ValueError(f"{path} was refused: it holds objects other than tensors and plain data, which a "
+                             f"ddpm_course {what} never does (reading a file never runs code from it)") from None
+        raise ValueError(f"{path} is truncated or corrupt: not a file torch wrote") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is truncated or corrupt: torch could not read it ({first})") from None
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt is None:
+        raise ValueError(f"{path} is not a ddpm_course file (it carries no format tag), so not a {what}")
+    if fmt not in KINDS:
+        raise ValueError(f"{path} has format {fmt!r}, which this version of ddpm_course does not know (was it "
+                         f"written by a newer version?); expected {' or '.join(map(repr, formats))}")
+    if fmt not in formats:
+        raise ValueError(f"{path} is {KINDS[fmt]}, not a {what}")
     return state
+
+
+def read_checkpoint(path, device="cpu") -> dict:
+    """The raw dict of a training checkpoint or shipped model (:func:`read_state`)."""
+    return read_state(path, device)
 
 
 @dataclass
@@ -78,6 +84,7 @@ class Checkpoint:
     path: Path | None = None
     history: list = field(default_factory=list)  # [(step, mean loss), ...]
     info: dict = field(default_factory=dict)     # data used, wall time, versions
+    sampling: dict = field(default_factory=dict)  # recommended sampler, steps and guidance_scale
 
     @property
     def num_classes(self) -> int | None:
@@ -108,4 +115,5 @@ def load_checkpoint(path, device="cpu") -> Checkpoint:
     schedule = NoiseSchedule.from_name(config.schedule, config.T).to(device)
     model, ema_model = (_fast_layout(m) for m in (model, ema_model))
     return Checkpoint(model.eval(), ema_model.eval(), schedule, config, int(state["step"]), Path(path),
-                      [tuple(h) for h in state.get("history", [])], dict(state.get("info", {})))
+                      [tuple(h) for h in state.get("history", [])], dict(state.get("info", {})),
+                      dict(state.get("sampling") or recommended_sampling(config.model.num_classes)))

@@ -13,6 +13,14 @@ import torch
 from torch import nn
 
 
+def ema_update(ema_param: torch.Tensor, param: torch.Tensor, decay: float) -> torch.Tensor:
+    """One EMA step for one tensor: decay * ema_param + (1 - decay) * param (a new tensor).
+
+    :meth:`EMA.update` does the same for every parameter at once, in place (``torch._foreach_lerp_``).
+    """
+    return torch.lerp(ema_param, param, 1.0 - decay)
+
+
 def ema_decay_at(step: int, decay: float) -> float:
     """The decay used after ``step`` steps: warms up towards ``decay``."""
     return min(decay, (1 + step) / (10 + step))

@@ -15,12 +15,15 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from ._checks import check_image_batch
+from ._checks import check_image_batch, check_int
 
 
 @dataclass
@@ -110,12 +113,13 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
 
 
 # ----------------------------------------------------------------------------- a whole evaluation
-def reference_images(dataset: str, n: int, root=None, seed: int = 0) -> tuple:
+def reference_images(dataset: str, n: int, root=None, seed: int = 0, image_size: int = 28) -> tuple:
     """Two disjoint sets of ``n`` real images (for FID and its floor), drawn from the train split
-    when present, else the test split (offline MNIST has only its 10,000 test digits)."""
+    when present, else the test split (offline MNIST has only its 10,000 test digits); padded to
+    ``image_size`` like the training data of a model of that size."""
     from .data import load_available
 
-    pool = load_available(dataset, root).images
+    pool = load_available(dataset, root, image_size=image_size).images
     if 2 * n > len(pool):
         raise ValueError(f"num_samples must be <= {len(pool) // 2} here: the FID floor needs two disjoint "
                          f"sets of num_samples real images and only {len(pool)} are available; got {n}")
@@ -171,3 +175,102 @@ def sample_scores(evaluator: nn.Module, samples: torch.Tensor, labels: torch.Ten
     if labels is None:
         return probs.max(dim=1).values
     return probs.gather(1, labels.view(-1, 1).cpu()).squeeze(1)
+
+
+# ----------------------------------------------------------------------------- the one entry point
+class Evaluation(NamedTuple):
+    """An evaluation's numbers and what they were computed from."""
+
+    result: dict                 # see evaluate_checkpoint
+    samples: torch.Tensor        # (N, C, H, W) on the CPU
+    labels: torch.Tensor | None  # the labels asked for, or None
+    evaluator: nn.Module
+
+
+def _unpack(checkpoint_or_model, schedule, dataset) -> tuple:
+    """(model, schedule, dataset, recommended sampling, num_classes, checkpoint path or None)."""
+    from .checkpoints import Checkpoint, load_checkpoint
+    from .config import recommended_sampling
+    from .guidance import model_num_classes
+
+    if isinstance(checkpoint_or_model, (str, os.PathLike)):
+        checkpoint_or_model = load_checkpoint(checkpoint_or_model)
+    if isinstance(checkpoint_or_model, Checkpoint):
+        ckpt = checkpoint_or_model
+        if schedule is not None or dataset is not None:
+            raise ValueError("schedule and dataset come from the checkpoint; pass them only with a bare model")
+        return (ckpt.ema_model, ckpt.schedule, ckpt.config.dataset, ckpt.sampling, ckpt.num_classes,
+                str(ckpt.path) if ckpt.path else None)
+    if schedule is None or dataset is None:
+        raise ValueError("a bare model needs schedule= (its NoiseSchedule) and dataset= (the data it was trained on)")
+    num_classes = model_num_classes(checkpoint_or_model)
+    return checkpoint_or_model, schedule, dataset, recommended_sampling(num_classes), num_classes, None
+
+
+def sample_and_evaluate(checkpoint_or_model, *, num_samples: int = 1000, sampler: str | None = None,
+                        steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+                        evaluator=None, schedule=None, dataset: str | None = None,
+                        batch_size: int = 250) -> Evaluation:
+    """:func:`evaluate_checkpoint`, also returning the samples, labels and evaluator it used."""
+    from .evaluator import evaluator_for, load_evaluator
+    from .generation import generate_samples, image_shape, sampling_settings
+
+    check_int("num_samples", num_samples, minimum=2)
+    model, schedule, dataset, recommended, num_classes, path = _unpack(checkpoint_or_model, schedule, dataset)
+    device = next(model.parameters()).device
+    if not isinstance(evaluator, nn.Module):
+        evaluator = load_evaluator(evaluator_for(dataset, evaluator), device)
+    settings = sampling_settings(recommended, num_classes, schedule.T, sampler=sampler, steps=steps,
+                                 guidance_scale=guidance_scale)
+    real_a, real_b = reference_images(dataset, num_samples, image_size=image_shape(model)[1])
+    labels = torch.arange(num_samples) % num_classes if num_classes else None
+    start = time.perf_counter()
+    samples = generate_samples(model, schedule, num_samples, settings, labels=labels, batch_size=batch_size,
+                               seed=seed)
+    seconds = time.perf_counter() - start
+    result = {**({"checkpoint": path} if path else {}), "sampler": settings.sampler, "steps": settings.steps,
+              "guidance_scale": settings.guidance_scale, "seed": seed,
+              **evaluate_samples(evaluator, samples, real_a, real_b, labels), "seconds": round(seconds, 2)}
+    return Evaluation(result, samples, labels, evaluator)
+
+
+def evaluate_checkpoint(checkpoint_or_model, *, num_samples: int = 1000, sampler: str | None = None,
+                        steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+                        evaluator=None, **kwargs) -> dict:
+    """Sample ``num_samples`` images and measure them with the offline evaluator: the one judge
+    used by ``evaluate``, the benchmarks, notebook 06 and the pretrained cards.
+
+    checkpoint_or_model: a :class:`Checkpoint`, the path of one, or a bare model (then also pass
+    ``schedule=`` and ``dataset=``); the image shape comes from the model's config. Settings left
+    None come from the checkpoint's recommendation (``ckpt.sampling``). Conditional models get every
+    class in turn. evaluator: None (the one of the model's dataset), a name, or a loaded evaluator.
+    Also ``batch_size`` (250). Returns a dict: checkpoint (if any), sampler, steps, guidance_scale,
+    seed, the metrics of :func:`evaluate_samples` and seconds (sampling time).
+    """
+    return sample_and_evaluate(checkpoint_or_model, num_samples=num_samples, sampler=sampler, steps=steps,
+                               guidance_scale=guidance_scale, seed=seed, evaluator=evaluator, **kwargs).result
+
+
+def format_report(r: dict) -> str:
+    """A short table of an evaluation's numbers."""
+    acc = "n/a (unconditional)" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+    rows = [
+        ("samples", f"{r['num_samples']} ({r['sampler']}, {r['steps']} steps, guidance {r['guidance_scale']})"),
+        ("FID (evaluator features)", f"{r['fid']:.3f}"),
+        ("FID floor (real vs real, same N)", f"{r['fid_floor']:.3f}"),
+        ("FID ratio (1 = real)", f"{r['fid_ratio']:.2f}"),
+        ("label accuracy", acc),
+        ("confidence", f"{r['confidence']:.3f}"),
+        ("classes present / entropy", f"{r['diversity']['classes_present']}/10, "
+                                      f"{r['diversity']['normalized_entropy']:.3f} of the maximum"),
+        ("inception score (real data)", f"{r['inception_score']:.2f} ({r['real_inception_score']:.2f})"),
+        ("sampling time", f"{r['seconds']:.1f}s"),
+    ]
+    if "inception_fid" in r:
+        value = r["inception_fid"]
+        rows.insert(4, ("Inception FID (torchmetrics)", "skipped (offline)" if value is None else f"{value:.3f}"))
+    if r["per_class_accuracy"] is not None:
+        rows.insert(5, ("per class", " ".join(f"{c}:{100 * a:.0f}%" for c, a in enumerate(r["per_class_accuracy"])
+                                               if a is not None)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

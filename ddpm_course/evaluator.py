@@ -9,10 +9,7 @@ classifier Inception Score; its 128-d penultimate layer gives the features for F
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -21,16 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_choice, check_image_batch
-from .checkpoints import save_checkpoint
+from .assets import asset_paths, assets_dir, file_sha256, verified_card
+from .checkpoints import EVALUATOR_FORMAT, read_state, save_checkpoint
+from .files import atomic_write_json
 
 EVALUATOR_DATASETS = ("mnist", "fashion_mnist")
 NUM_FEATURES = 128
-
-
-def assets_dir() -> Path:
-    """The ``assets/`` folder: ``$DDPM_COURSE_ASSETS``, else the one beside the package."""
-    env = os.environ.get("DDPM_COURSE_ASSETS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "assets"
 
 
 class DigitClassifier(nn.Module):
@@ -147,7 +140,7 @@ def train_evaluator(dataset: str = "mnist", *, steps: int = 2000, batch_size: in
     accuracy = classifier_accuracy(model, x_test, y_test)
     out = Path(out_dir) if out_dir is not None else assets_dir()
     weights = out / f"evaluator-{dataset}.pt"
-    save_checkpoint({"format": "ddpm_course.checkpoint/1", "model": model.state_dict()}, weights)
+    save_checkpoint({"format": EVALUATOR_FORMAT, "model": model.state_dict()}, weights)
     card = {
         "name": f"evaluator-{dataset}",
         "command": f"python -m ddpm_course evaluator train --dataset {dataset} --steps {steps} --seed {seed}",
@@ -160,28 +153,10 @@ def train_evaluator(dataset: str = "mnist", *, steps: int = 2000, batch_size: in
         "train_seconds": round(seconds, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "torch": str(torch.__version__),
-        "sha256": sha256(weights),
+        "sha256": file_sha256(weights),
     }
-    (out / f"evaluator-{dataset}.json").write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_json(out / f"evaluator-{dataset}.json", card)
     log(f"held-out accuracy {accuracy:.4f}; wrote {weights}")
-    return card
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verified_card(weights: Path, card_path: Path) -> dict:
-    """The JSON card of a shipped file, after checking that the file's sha256 is the card's."""
-    card = json.loads(Path(card_path).read_text())
-    actual = sha256(weights)
-    if actual != card["sha256"]:
-        raise ValueError(f"{weights} has sha256 {actual}, but its card {card_path} says {card['sha256']}: "
-                         "the file is corrupted or not the one the card describes")
     return card
 
 
@@ -204,15 +179,14 @@ def load_evaluator(name: str = "mnist", device="cpu", assets=None) -> DigitClass
     Checks the weights' sha256 against the card, so a corrupted or swapped file is refused.
     """
     check_choice("name", name, EVALUATOR_DATASETS)
-    folder = Path(assets) if assets is not None else assets_dir()
-    weights, card_path = folder / f"evaluator-{name}.pt", folder / f"evaluator-{name}.json"
+    weights, card_path = asset_paths(f"evaluator-{name}", assets)
     if not weights.is_file() or not card_path.is_file():
         raise FileNotFoundError(
             f"evaluator {name!r} not found: expected {weights} and {card_path}. Train it with "
             f"`python -m ddpm_course evaluator train --dataset {name}`"
         )
     card = verified_card(weights, card_path)
-    state = torch.load(weights, map_location=device, weights_only=True)
+    state = read_state(weights, device, formats=(EVALUATOR_FORMAT,), what="evaluator")
     model = DigitClassifier().to(device)
     model.load_state_dict(state["model"])
     model.card = card

@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_choice, check_float, check_image_batch, check_labels
+from .config import LOSS_TYPES
 from .guidance import model_num_classes, null_label
 from .schedules import NoiseSchedule
-
-LOSS_TYPES = ("mse", "l1")
 
 
 class NoisedBatch(NamedTuple):
@@ -59,6 +58,25 @@ def min_snr_weights(schedule: NoiseSchedule, t: torch.Tensor, gamma: float) -> t
     return snr.clamp(max=gamma) / snr
 
 
+def epsilon_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                 labels: torch.Tensor | None = None, *, loss_type: str = "mse") -> torch.Tensor:
+    """DDPM's simple loss for given t and noise (eq. 14): mean((eps_theta(x_t, t[, y]) - noise)^2).
+
+    x0, noise: (B, C, H, W); t: long (B,); labels: long (B,) or None. Returns a scalar tensor
+    (float32 whatever the model's precision). ``loss_type="l1"`` takes absolute errors instead.
+    """
+    per_image = epsilon_errors(model, schedule, x0, t, noise, labels, loss_type=loss_type)
+    return per_image.mean()
+
+
+def epsilon_errors(model, schedule: NoiseSchedule, x0, t, noise, labels=None, *, loss_type: str = "mse"):
+    """The per-image mean error of :func:`epsilon_loss`: (B,) float32."""
+    x_t = schedule.add_noise(x0, noise, t)
+    eps = model(x_t, t) if labels is None else model(x_t, t, labels)
+    error = F.mse_loss if loss_type == "mse" else F.l1_loss
+    return error(eps.float(), noise.float(), reduction="none").flatten(1).mean(1)
+
+
 def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, labels: torch.Tensor | None = None, *,
                    loss_type: str = "mse", p_uncond: float = 0.0, min_snr_gamma: float | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
@@ -74,17 +92,12 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, labels: tor
     if min_snr_gamma is not None:
         check_float("min_snr_gamma", min_snr_gamma, minimum=0.0, open_min=True)
     batch = noise_batch(schedule, x0, generator)
-    if labels is None:
-        eps = model(batch.x_t, batch.t)
-    else:
+    if labels is not None:
         check_labels("labels", labels, x0.shape[0], model_num_classes(model), allow_null=True,
                      values=labels.device.type == "cpu")
         if p_uncond > 0:
             labels = drop_labels(labels, p_uncond, null_label(model), generator)
-        eps = model(batch.x_t, batch.t, labels)
-    eps = eps.float()
-    error = F.mse_loss if loss_type == "mse" else F.l1_loss
+    per_image = epsilon_errors(model, schedule, x0, batch.t, batch.noise, labels, loss_type=loss_type)
     if min_snr_gamma is None:
-        return error(eps, batch.noise.float())
-    per_image = error(eps, batch.noise.float(), reduction="none").flatten(1).mean(1)
+        return per_image.mean()
     return (min_snr_weights(schedule, batch.t, min_snr_gamma) * per_image).mean()

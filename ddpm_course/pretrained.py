@@ -1,37 +1,38 @@
 """Pretrained models shipped in ``assets/``: so every notebook and the demo can sample at once.
 
 A shipped model is the EMA weights of a checkpoint written by ``train``, stored in float16 (half
-the size; sampling runs in float32), with its TrainConfig, in ``assets/pretrained-NAME.pt``.
-Beside it, ``pretrained-NAME.json`` is its card: the exact command that trained it, the data,
-steps, wall time, machine, the ``evaluate`` results of the shipped weights and their sha256.
+the size; sampling runs in float32), with its TrainConfig and recommended sampling settings, in
+``assets/pretrained-NAME.pt``. Beside it, ``pretrained-NAME.json`` is its card: the exact command
+that trained it, the data, steps, wall time, machine, the ``evaluate`` results of the shipped
+weights (each with the command that reproduces it) and their sha256.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import torch
 
 from ._checks import check_choice
+from .assets import asset_paths, file_sha256, read_card, verified_card
 from .checkpoints import PRETRAINED_FORMAT, Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
-from .evaluator import assets_dir, sha256, verified_card
-from .training import describe_machine
+from .devices import describe_machine
+from .files import atomic_write_json
 
 PRETRAINED = ("mnist-cond", "mnist-uncond")
+SAME_EVALUATION = ("sampler", "steps", "guidance_scale", "num_samples", "seed")
 
 
 def pretrained_paths(name: str, assets=None) -> tuple:
-    folder = Path(assets) if assets is not None else assets_dir()
-    return folder / f"pretrained-{name}.pt", folder / f"pretrained-{name}.json"
+    """(weights, card) of the shipped model ``name``."""
+    check_choice("name", name, PRETRAINED)
+    return asset_paths(f"pretrained-{name}", assets)
 
 
 def export_pretrained(checkpoint, name: str, *, command: str, assets=None) -> Path:
-    """Write the EMA weights of ``checkpoint`` (float16) and its config as ``pretrained-NAME.pt``.
-
-    Returns the path; :func:`write_card` adds the card once the shipped file is evaluated.
-    """
-    check_choice("name", name, PRETRAINED)
+    """Write the EMA weights of ``checkpoint`` (float16), its config and sampling settings as
+    ``pretrained-NAME.pt``. Returns the path; :func:`write_card` adds the card once it is evaluated."""
     state = read_checkpoint(checkpoint)
     weights, _ = pretrained_paths(name, assets)
     payload = {
@@ -42,7 +43,16 @@ def export_pretrained(checkpoint, name: str, *, command: str, assets=None) -> Pa
         "history": state.get("history", []),
         "info": {**state.get("info", {}), "command": command},
     }
+    if state.get("sampling"):
+        payload["sampling"] = state["sampling"]
     return save_checkpoint(payload, weights)
+
+
+def evaluation_command(weights, result: dict) -> str:
+    """The ``evaluate`` command that reproduces ``result`` (an :func:`evaluate_checkpoint` dict)."""
+    return (f"python -m ddpm_course evaluate --checkpoint {Path(os.path.relpath(weights)).as_posix()} "
+            f"--num-samples {result['num_samples']} --sampler {result['sampler']} --steps {result['steps']} "
+            f"--guidance {result['guidance_scale']} --seed {result['seed']}")
 
 
 def write_card(name: str, evaluation: dict, assets=None, note: str | None = None) -> dict:
@@ -62,13 +72,58 @@ def write_card(name: str, evaluation: dict, assets=None, note: str | None = None
         "weights": "EMA weights stored in float16; sampling runs in float32",
         "parameters": sum(v.numel() for v in state["ema"].values() if v.is_floating_point()),
         "config": config,
-        "evaluation": evaluation,
+        "evaluation": {**evaluation, "command": evaluation_command(weights, evaluation)},
         "torch": info.get("torch"),
         "note": note,
-        "sha256": sha256(weights),
+        "sha256": file_sha256(weights),
     }
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_json(card_path, card)
     return card
+
+
+def add_evaluation(name: str, result: dict, *, primary: bool = False, assets=None) -> dict:
+    """Record an :func:`evaluate_checkpoint` result of the shipped weights on their card.
+
+    ``result`` must come from the shipped file itself (its ``checkpoint`` key). An evaluation with
+    the same settings replaces the old one; ``primary`` makes it the card's main evaluation (also
+    when the card has no other). Returns the new card; the weights are unchanged.
+    """
+    weights, card_path = pretrained_paths(name, assets)
+    if Path(result.get("checkpoint", "")).resolve() != weights.resolve():
+        raise ValueError(f"the evaluation must be one of {weights} (python -m ddpm_course evaluate --checkpoint "
+                         f"{weights} ... --json FILE), got one of {result.get('checkpoint')!r}")
+    result = {k: v for k, v in result.items() if k != "checkpoint"}
+    result["command"] = evaluation_command(weights, result)
+    card = read_card(card_path)
+    others = [e for e in [card["evaluation"]] + card.get("more_evaluations", [])
+              if any(e.get(k) != result.get(k) for k in SAME_EVALUATION)]
+    if primary or not others:
+        card["evaluation"], rest = result, others
+    else:
+        card["evaluation"], rest = others[0], others[1:] + [result]
+    card["more_evaluations"] = rest
+    atomic_write_json(card_path, card)
+    return card
+
+
+def cards_table(assets=None) -> str:
+    """The shipped models' cards as a markdown table (the README's table): one row per evaluation of
+    each model present in the assets folder."""
+    lines = ["| model | parameters | trained | FID ratio (FID / floor) | label accuracy | IS | evaluated with |",
+             "|---|---|---|---|---|---|---|"]
+    for name in PRETRAINED:
+        card_path = pretrained_paths(name, assets)[1]
+        if not card_path.is_file():
+            continue
+        card = read_card(card_path)
+        for e in [card["evaluation"]] + card.get("more_evaluations", []):
+            acc = "—" if e["accuracy"] is None else f"{100 * e['accuracy']:.1f}%"
+            lines.append(
+                f"| `{name}` | {card['parameters'] / 1e6:.2f}M | {card['steps']} steps x {card['batch_size']}, "
+                f"{card['train_seconds']:.0f} s, {card['machine']} | {e['fid_ratio']:.2f} ({e['fid']:.1f} / "
+                f"{e['fid_floor']:.1f}) | {acc} | {e['inception_score']:.2f} | {e['num_samples']} samples, "
+                f"{e['sampler']} {e['steps']} steps, guidance {e['guidance_scale']} |")
+    return "\n".join(lines)
 
 
 def load_pretrained(name: str = "mnist-cond", device="cpu", assets=None) -> Checkpoint:
@@ -76,7 +131,6 @@ def load_pretrained(name: str = "mnist-cond", device="cpu", assets=None) -> Chec
 
     Checks the weights' sha256 against the card first.
     """
-    check_choice("name", name, PRETRAINED)
     weights, card_path = pretrained_paths(name, assets)
     if not weights.is_file() or not card_path.is_file():
         raise FileNotFoundError(f"pretrained model {name!r} not found: expected {weights} and {card_path}")

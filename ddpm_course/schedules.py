@@ -25,14 +25,17 @@ import torch
 from ._checks import check_float, check_image_batch, check_int, check_timesteps
 
 
-def extract(coefficients: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Pick ``coefficients[t]`` for a batch of timesteps, shaped to broadcast over an image batch.
+def extract(coefficients: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
+    """``coefficients[t]``, shaped to broadcast against the batch ``x`` (the one broadcasting helper).
 
-    coefficients: (T,); t: long (B,); returns (B, 1, ..., 1) with ``ndim`` dimensions in all,
-    on t's device.
+    coefficients: (T,); t: an int in [0, T - 1] (gives a 0-d tensor, which broadcasts on any device
+    without a copy, so samplers with int timesteps never wait for a GPU) or a long (B,) tensor
+    (gives (B, 1, ..., 1) on t's device). The result has x's dtype.
     """
-    out = coefficients.to(t.device)[t]
-    return out.reshape(t.shape[0], *([1] * (ndim - 1)))
+    if isinstance(t, torch.Tensor):
+        out = coefficients.to(t.device)[t]
+        return out.reshape(t.shape[0], *([1] * (x.ndim - 1))).to(x.dtype)
+    return coefficients[t].to(x.dtype)
 
 
 class NoiseSchedule:
@@ -59,25 +62,18 @@ class NoiseSchedule:
         alphas = 1.0 - betas64
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
-        # q(x_{t-1} | x_t, x_0): the posterior that the reverse process imitates (DDPM eq. 6-7)
-        posterior_variance = betas64 * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        coef1 = betas64 * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod)
-        coef2 = (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod)
+        self.betas = betas64.float()
+        self.alphas = alphas.float()
+        self.alphas_cumprod = alphas_cumprod.float()
+        self.alphas_cumprod_prev = alphas_cumprod_prev.float()
+        self.sqrt_alphas_cumprod = alphas_cumprod.sqrt().float()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - alphas_cumprod).sqrt().float()
+        self.snr = (alphas_cumprod / (1.0 - alphas_cumprod)).float()
 
-        table = {
-            "betas": betas64,
-            "alphas": alphas,
-            "alphas_cumprod": alphas_cumprod,
-            "alphas_cumprod_prev": alphas_cumprod_prev,
-            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
-            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
-            "posterior_variance": posterior_variance,
-            "posterior_mean_coef1": coef1,
-            "posterior_mean_coef2": coef2,
-            "snr": alphas_cumprod / (1.0 - alphas_cumprod),
-        }
-        for name, value in table.items():
-            setattr(self, name, value.to(torch.float32))
+        # q(x_{t-1} | x_t, x_0): the posterior that the reverse process imitates (DDPM eq. 6-7)
+        self.posterior_variance = (betas64 * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)).float()
+        self.posterior_mean_coef1 = (betas64 * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod)).float()
+        self.posterior_mean_coef2 = ((1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod)).float()
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -123,6 +119,14 @@ class NoiseSchedule:
             return cls.cosine(T)
         raise ValueError(f"schedule must be one of ['linear', 'cosine'], got {name!r}")
 
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor) -> NoiseSchedule:
+        """The schedule whose alpha-bar is ``alphas_cumprod`` (T,), decreasing in (0, 1]:
+        beta_t = 1 - a-bar_t / a-bar_{t-1}, with a-bar_{-1} = 1."""
+        abar = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
+        prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+        return cls(1.0 - abar / prev)
+
     def respaced(self, timesteps) -> NoiseSchedule:
         """The schedule of a shorter chain that visits only ``timesteps`` (Improved DDPM, section 4).
 
@@ -134,9 +138,7 @@ class NoiseSchedule:
         steps = [int(t) for t in timesteps]
         if not steps or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] < 0 or steps[-1] >= self.T:
             raise ValueError(f"timesteps must be increasing ints in [0, {self.T - 1}], got {steps[:8]}...")
-        abar = torch.cumprod(1.0 - self.betas.double(), 0)[steps]
-        prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
-        return NoiseSchedule(1.0 - abar / prev)
+        return NoiseSchedule.from_alphas_cumprod(torch.cumprod(1.0 - self.betas.double(), 0)[steps])
 
     # ------------------------------------------------------------------ forward process
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -150,8 +152,8 @@ class NoiseSchedule:
             got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else repr(noise)
             raise ValueError(f"noise must be a tensor of the same shape as x0 {tuple(x0.shape)}, got {got}")
         check_timesteps("t", t, x0.shape[0], self.T)
-        signal = extract(self.sqrt_alphas_cumprod, t, x0.ndim).to(x0.dtype)
-        sigma = extract(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim).to(x0.dtype)
+        signal = extract(self.sqrt_alphas_cumprod, t, x0)
+        sigma = extract(self.sqrt_one_minus_alphas_cumprod, t, x0)
         return signal * x0 + sigma * noise
 
     # ------------------------------------------------------------------ plumbing

@@ -13,8 +13,6 @@ to step N in one go or in several interrupted pieces gives the same weights on a
 from __future__ import annotations
 
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,8 +23,9 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from .checkpoints import FORMAT, read_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, recommended_sampling
 from .data import DeviceBatches, TensorImageDataset, load_available, load_dataset
+from .devices import describe_machine, resolve_device, resolve_precision
 from .ema import EMA
 from .losses import diffusion_loss
 from .schedules import NoiseSchedule
@@ -39,36 +38,6 @@ RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "log_every", "out_dir", "d
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"``: CUDA if available, then Apple's MPS, then the CPU; otherwise ``torch.device(name)``."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def describe_machine(device: torch.device) -> str:
-    """A short description of where training ran, for checkpoints and model cards."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} GPU"
-    return f"{os.cpu_count()}-core {platform.machine()} CPU ({device.type})"
-
-
-def resolve_precision(setting: str, device: torch.device) -> str:
-    """The autocast dtype to use: "no" off CUDA; "auto" is bf16 on Ampere or newer, else fp16."""
-    if device.type != "cuda":
-        if setting in ("fp16", "bf16"):
-            raise ValueError(f"mixed_precision={setting!r} needs a CUDA device, got device {device}")
-        return "no"
-    if setting != "auto":
-        return setting
-    major, _ = torch.cuda.get_device_capability(device)
-    return "bf16" if major >= 8 else "fp16"   # a T4 (sm_75) has no fast bf16
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -172,6 +141,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(self.noise_gen),
             "history": [list(h) for h in self.history],
+            "sampling": recommended_sampling(self.config.model.num_classes),
             "info": {
                 "data": self.data.name, "num_images": len(self.data), "device": str(self.device),
                 "machine": describe_machine(self.device),

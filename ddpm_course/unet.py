@@ -12,6 +12,7 @@ embedding to the time embedding. The embedding table has ``num_classes + 1`` row
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -94,6 +95,11 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> UNetConfig:
+        """Rebuild a config from :meth:`to_dict`; unknown keys are an error that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown UNetConfig fields {unknown}; known fields: {sorted(known)}")
         return cls(**data)
 
 

@@ -14,6 +14,21 @@ import torch
 from torchvision.utils import make_grid
 
 from ._checks import check_choice, check_image_batch, check_int
+from .files import atomic_write
+
+IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def write_image(path, image: np.ndarray, **kwargs) -> Path:
+    """Encode ``image`` (H, W), (H, W, 3) or frames (K, H, W, 3) by the path's extension and write it
+    atomically; ``kwargs`` go to imageio (e.g. GIF durations)."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"path must end in an image extension ({', '.join(IMAGE_SUFFIXES)}), got {str(path)!r}")
+    data = iio.imwrite("<bytes>", image, extension=path.suffix.lower(), **kwargs)
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def to_uint8_grid(x: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
@@ -27,12 +42,7 @@ def to_uint8_grid(x: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarra
 
 def save_grid(x: torch.Tensor, path, nrow: int = 8) -> Path:
     """Save a batch (B, C, H, W) in [-1, 1] as one PNG grid; return the path."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, to_uint8_grid(x, nrow))
-    return path
+    return write_image(path, to_uint8_grid(x, nrow))
 
 
 def show_images(x: torch.Tensor, nrow: int = 8, title: str | None = None, ax=None, scale: float = 0.6):
@@ -96,15 +106,10 @@ def process_grid(frames: list) -> torch.Tensor:
 def save_gif(frames: list, path, nrow: int = 8, fps: float = 10.0, hold_last: float = 2.0) -> Path:
     """Animate frames [(B, C, H, W)] (each shown as a grid) into a looping GIF at ``fps`` frames
     per second; the last frame stays on screen ``hold_last`` seconds so the result can be seen."""
-    import imageio.v3 as iio
-
     if not frames:
         raise ValueError("frames must hold at least one (B, C, H, W) tensor, got an empty list")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     images = np.stack([to_uint8_grid(f, nrow) for f in frames])
     if images.ndim == 3:  # grey -> RGB: Pillow's GIF writer fails on some multi-frame grey images
         images = np.repeat(images[..., None], 3, axis=-1)
     durations = [1000.0 / fps] * (len(frames) - 1) + [1000.0 / fps + 1000.0 * hold_last]
-    iio.imwrite(path, images, duration=durations, loop=0)
-    return path
+    return write_image(path, images, duration=durations, loop=0)

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpm_course import exercises
-from ddpm_course.exercises import EXERCISES, check, run_check
+from ddpm_course.course import exercises
+from ddpm_course.course.exercises import EXERCISES, check, run_check
 
 
 def feedback(name, fn):

@@ -16,9 +16,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from ddpm_course import COLAB_REPO
 from ddpm_course.cli import main
-from ddpm_course.exercises import exercises_in
-from ddpm_course.grading import grade_notebook
-from ddpm_course.student_edition import build, strip_solutions, student_notebook
+from ddpm_course.course.exercises import exercises_in
+from ddpm_course.course.grading import grade_notebook
+from ddpm_course.course.student_edition import build, strip_solutions, student_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["01_forward_diffusion", "02_unet", "03_training", "04_sampling", "05_conditioning", "06_evaluation"]
@@ -99,7 +99,7 @@ def test_strip_solutions_rejects_broken_markers(source, message):
 def mini_notebook(body: str, name: str = "05_conditioning"):
     """A small submission for notebook ``name``: the two exercises of notebook 05."""
     cells = [new_markdown_cell("# test"),
-             new_code_cell("import torch\nfrom ddpm_course.exercises import check, assert_passed"),
+             new_code_cell("import torch\nfrom ddpm_course.course.exercises import check, assert_passed"),
              new_code_cell(body)]
     nb = new_notebook(cells=cells)
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},

@@ -4,17 +4,21 @@ import pytest
 import torch
 
 from ddpm_course import load_checkpoint, load_pretrained, train
-from ddpm_course.evaluator import assets_dir
+from ddpm_course.assets import assets_dir
 from ddpm_course.pretrained import PRETRAINED, export_pretrained, pretrained_paths, write_card
 
 
 def test_export_and_load_round_trip(tiny_config, tmp_path):
     ckpt_path = train(tiny_config, progress=False, log=lambda *a: None)
     path = export_pretrained(ckpt_path, "mnist-cond", command="python -m ddpm_course train ...", assets=tmp_path)
-    card = write_card("mnist-cond", {"accuracy": 0.5}, assets=tmp_path, note="test")
-    assert card["steps"] == 6 and card["evaluation"] == {"accuracy": 0.5} and card["note"] == "test"
+    evaluation = {"accuracy": 0.5, "num_samples": 10, "sampler": "ddim", "steps": 3, "guidance_scale": 2.0, "seed": 0}
+    card = write_card("mnist-cond", evaluation, assets=tmp_path, note="test")
+    assert card["steps"] == 6 and card["evaluation"]["accuracy"] == 0.5 and card["note"] == "test"
+    assert card["evaluation"]["command"].endswith("--num-samples 10 --sampler ddim --steps 3 --guidance 2.0 --seed 0")
     shipped, original = load_pretrained("mnist-cond", assets=tmp_path), load_checkpoint(ckpt_path)
     assert shipped.model is shipped.ema_model and shipped.config == original.config
+    # the shipped file carries the checkpoint's recommended sampling, which every command uses by default
+    assert shipped.sampling == original.sampling == {"sampler": "dpm_solver", "steps": 20, "guidance_scale": 2.0}
     x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 40]), torch.tensor([1, 2])
     with torch.no_grad():  # float16 storage: equal to float16 precision
         torch.testing.assert_close(shipped.ema_model(x, t, y), original.ema_model(x, t, y), rtol=1e-2, atol=1e-3)

@@ -68,13 +68,12 @@ def test_dpm_solver_first_order_is_ddim_and_matches_diffusers():
                                       final_sigmas_type="zero")
     ref.set_timesteps(10)
     grid = [int(t) for t in ref.timesteps]  # diffusers' own grid: 999, 899, ..., 500, 400, ..., 100
-    x, ours, x0_prev, t_prev = x_T.clone(), x_T.clone(), None, None
+    x, ours, earlier = x_T.clone(), x_T.clone(), {}
     for i, t in enumerate(grid):
         x = ref.step(model(x, torch.full((64,), t)), t, x).prev_sample
-        x0 = predict_x0(s, ours, t, model(ours, torch.full((64,), t)))
-        t_next = grid[i + 1] if i + 1 < len(grid) else -1
-        ours = dpm_solver_step(s, ours, t, t_next, x0, x0_prev=x0_prev, t_prev=t_prev)
-        x0_prev, t_prev = x0, t
+        t_prev = grid[i + 1] if i + 1 < len(grid) else -1
+        ours, x0 = dpm_solver_step(s, ours, t, t_prev, model(ours, torch.full((64,), t)), clip_x0=False, **earlier)
+        earlier = {"x0_earlier": x0, "t_earlier": t}
     torch.testing.assert_close(ours, x, rtol=0, atol=1e-4)
 
 

@@ -1,4 +1,3 @@
-import pickle
 
 import pytest
 import torch
@@ -112,8 +111,9 @@ def test_checkpoints_never_run_code(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"format": "ddpm_course.checkpoint/1", "x": Evil()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match="refused") as error:
         read_checkpoint(path)
+    assert "weights_only" not in str(error.value)  # no advice to turn the safety off
 
 
 def test_atomic_save_leaves_old_file_intact(tmp_path, monkeypatch):
@@ -133,8 +133,26 @@ def test_missing_and_foreign_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nope.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a ddpm_course checkpoint"):
+    with pytest.raises(ValueError, match="not a ddpm_course file"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_each_bad_file_says_what_is_wrong_with_its_path(tmp_path):
+    from ddpm_course.assets import assets_dir
+
+    good = save_checkpoint({"format": "ddpm_course.checkpoint/1", "w": torch.zeros(1000)}, tmp_path / "g.pt")
+    cases = {"empty.pt": (b"", "is empty"), "truncated.pt": (good.read_bytes()[:300], "truncated or corrupt"),
+             "garbage.pt": (b"not a checkpoint at all" * 10, "truncated or corrupt")}
+    for name, (data, words) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=words) as error:
+            load_checkpoint(tmp_path / name)
+        assert name in str(error.value)
+    torch.save({"format": "ddpm_course.checkpoint/9"}, tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match="does not know"):
+        load_checkpoint(tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match="is an evaluator.*load_evaluator"):
+        load_checkpoint(assets_dir() / "evaluator-mnist.pt")
 
 
 def test_split_auto_falls_back_to_test_and_says_so(tiny_config, tmp_path):

@@ -54,8 +54,10 @@ def test_sinusoidal_embedding_values():
 
 def test_summary_and_parameter_count():
     model = UNet(UNetConfig(base_channels=16, num_res_blocks=1, num_classes=10))
-    n = sum(p.numel() for p in model.parameters())
-    assert model.num_parameters() == n
+    unconditional = UNet(UNetConfig(base_channels=16, num_res_blocks=1, num_classes=None))
+    # known answer: a label adds only its embedding table, 10 digits + "no label" rows of 4 * 16 values
+    assert model.num_parameters() - unconditional.num_parameters() == 11 * 4 * 16
+    n = model.num_parameters()
     line = model.summary()
     assert f"{n / 1e6:.2f}M parameters" in line and "28x28->14x14->7x7" in line and "attention at 7x7" in line
 

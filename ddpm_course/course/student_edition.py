@@ -17,6 +17,8 @@ from pathlib import Path
 
 import nbformat
 
+from ..files import atomic_write_text
+
 SOLUTION_BEGIN, SOLUTION_END = "### BEGIN SOLUTION", "### END SOLUTION"
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN CHECKS", "### END HIDDEN CHECKS"
 STUB = "# YOUR CODE HERE\nraise NotImplementedError(\"exercise not attempted yet\")"
@@ -102,8 +104,7 @@ def build(source_dir="notebooks", out_dir=None, *, check: bool = False) -> list:
         if not target.exists() or target.read_text(encoding="utf-8") != text:
             stale.append(target)
             if not check:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                target.write_text(text, encoding="utf-8")
+                atomic_write_text(target, text)
     expected = {p.name for p in sources}
     extra = [p for p in sorted(out_dir.glob(NOTEBOOK_GLOB)) if p.name not in expected]
     stale.extend(extra)

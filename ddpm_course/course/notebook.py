@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from ._version import __version__
-from .checkpoints import Checkpoint, load_checkpoint
-from .config import TrainConfig, default_profile_name, get_profile
-from .data import load_available
-from .pretrained import load_pretrained
-from .training import describe_machine, resolve_device
+from .._version import __version__
+from ..checkpoints import Checkpoint, load_checkpoint
+from ..config import TrainConfig, default_profile_name, get_profile, profile_info
+from ..data import load_available
+from ..devices import describe_machine, resolve_device
+from ..pretrained import load_pretrained
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,11 @@ class CourseSettings:
 def settings_for(profile: str | None = None, device: str = "auto") -> CourseSettings:
     """The :class:`CourseSettings` of a profile (default: ``$DDPM_COURSE_PROFILE``, t4 with CUDA, else cpu)."""
     name = profile or default_profile_name()
-    config = get_profile(name)
-    quick = name == "ci"
+    sizes = profile_info(name).notebooks
     dev = resolve_device(device)
-    return CourseSettings(profile=name, config=config.replace(device=str(dev)), device=dev, quick=quick,
-                          num_images=8 if quick else 16, sampler_steps=10 if quick else 20,
-                          ddpm_steps=25 if quick else None, eval_samples=100 if quick else 1000,
-                          gif_frames=8 if quick else 30)
+    return CourseSettings(profile=name, config=get_profile(name).replace(device=str(dev)), device=dev,
+                          quick=sizes.quick, num_images=sizes.num_images, sampler_steps=sizes.sampler_steps,
+                          ddpm_steps=sizes.ddpm_steps, eval_samples=sizes.eval_samples, gif_frames=sizes.gif_frames)
 
 
 def setup(profile: str | None = None, seed: int = 0) -> CourseSettings:

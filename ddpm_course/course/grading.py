@@ -3,7 +3,7 @@
 ``python -m ddpm_course exercises grade FILE.ipynb ...`` runs every notebook top to bottom in a
 fresh worker process (``python -m ddpm_course.grading FILE LOG``) that executes it in a fresh
 Jupyter kernel, with ``$DDPM_COURSE_GRADE_LOG`` pointing at a log file. Each exercise check in the
-notebook appends its result there (see :mod:`ddpm_course.exercises`); the grader reads the log and
+notebook appends its result there (see :mod:`ddpm_course.course.exercises`); the grader reads the log and
 prints one row per exercise. No student code is ever imported into the grader's own process.
 
 A check that never ran (the notebook stopped early, timed out, or the student deleted the cell)
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import nbformat
 
-from ._checks import check_choice, check_float
-from .config import PROFILES
+from .._checks import check_choice, check_float
+from ..config import PROFILES
 from .exercises import GRADE_LOG_ENV, exercises_in
 
 COURSE_NOTEBOOKS = ("01_forward_diffusion", "02_unet", "03_training", "04_sampling", "05_conditioning",
@@ -83,7 +83,7 @@ def grade_notebook(path, *, timeout: float = 900.0, profile: str = "ci") -> Grad
         log = Path(tmp) / "results.jsonl"
         env = {**os.environ, GRADE_LOG_ENV: str(log), "DDPM_COURSE_PROFILE": profile, "MPLBACKEND": "Agg"}
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "ddpm_course.grading", str(path.resolve()), tmp],
+        proc = subprocess.Popen([sys.executable, "-m", "ddpm_course.course.grading", str(path.resolve()), tmp],
                                 env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
         try:
@@ -119,6 +119,13 @@ def format_grades(grades: list) -> str:
         extra = f" — {g.problem}" if g.problem else ""
         lines.append(f"{g.path}: {g.score}/{g.total} ({g.notebook}, {g.seconds:.0f} s){extra}")
     return "\n".join(lines)
+
+
+def grades_json(grades: list) -> list:
+    """The grades as plain data, for ``exercises grade --json``."""
+    return [{"file": g.path, "notebook": g.notebook, "score": g.score, "total": g.total,
+             "seconds": round(g.seconds, 1), "problem": g.problem,
+             "exercises": [{"exercise": e, "status": s, "message": m} for e, s, m in g.rows]} for g in grades]
 
 
 def _execute(path: str, workdir: str) -> None:

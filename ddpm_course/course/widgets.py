@@ -9,8 +9,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
-from .schedules import NoiseSchedule
-from .visualize import show_images
+from ..schedules import NoiseSchedule
+from ..visualize import show_images
 
 
 def noised(schedule: NoiseSchedule, images: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
