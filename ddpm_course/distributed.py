@@ -57,17 +57,28 @@ def is_main_process() -> bool:
     return _env_int("RANK", 0) == 0
 
 
-def init_distributed(device_setting: str = "auto") -> tuple:
-    """(DistributedContext, torch.device) for this process.
+def launch_context() -> DistributedContext:
+    """This process's place as torchrun's environment describes it (RANK, LOCAL_RANK, WORLD_SIZE);
+    joins nothing, so checks that need only the numbers can run before any collective."""
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return DistributedContext()
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} must lie in [0, WORLD_SIZE={world})")
+    return DistributedContext(rank, world, local_rank)
+
+
+def init_distributed(ctx: DistributedContext, device_setting: str = "auto") -> tuple:
+    """(DistributedContext, torch.device) for this process, after joining the process group.
 
     Under torchrun with WORLD_SIZE > 1: joins the process group (NCCL when this rank has a GPU,
     else gloo) and takes ``cuda:LOCAL_RANK`` on GPUs. ``device_setting`` "cuda" on a rank without
-    a GPU is an error that names the rank.
+    a GPU is an error that names the rank. Without torchrun: no group, the device as resolved.
     """
-    world = _env_int("WORLD_SIZE", 1)
-    if world <= 1:
-        return DistributedContext(), resolve_device(device_setting)
-    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if not ctx.enabled:
+        return ctx, resolve_device(device_setting)
+    rank, world, local_rank = ctx.rank, ctx.world_size, ctx.local_rank
     try:
         device = resolve_device(device_setting)
     except ValueError as error:

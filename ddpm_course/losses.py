@@ -79,12 +79,14 @@ def epsilon_errors(model, schedule: NoiseSchedule, x0, t, noise, labels=None, *,
 
 def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, labels: torch.Tensor | None = None, *,
                    loss_type: str = "mse", p_uncond: float = 0.0, min_snr_gamma: float | None = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, shard: tuple | None = None) -> torch.Tensor:
     """The epsilon-prediction loss on one batch (a scalar tensor).
 
     x0: (B, C, H, W) in [-1, 1]; labels: long (B,) for a conditional model, else None;
     p_uncond: probability of replacing a label by "no label" (for classifier-free guidance);
-    min_snr_gamma: weight each image's loss by :func:`min_snr_weights` (None: DDPM's uniform weights).
+    min_snr_gamma: weight each image's loss by :func:`min_snr_weights` (None: DDPM's uniform weights);
+    shard: (start, stop) to compute the loss on those images only, after drawing t, the noise and
+    the label dropout for the whole batch (data-parallel training: every process draws the same).
     """
     check_image_batch("x0", x0)
     check_choice("loss_type", loss_type, LOSS_TYPES)
@@ -97,7 +99,10 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, labels: tor
                      values=labels.device.type == "cpu")
         if p_uncond > 0:
             labels = drop_labels(labels, p_uncond, null_label(model), generator)
-    per_image = epsilon_errors(model, schedule, x0, batch.t, batch.noise, labels, loss_type=loss_type)
+    part = slice(*shard) if shard is not None else slice(None)
+    t = batch.t[part]
+    per_image = epsilon_errors(model, schedule, x0[part], t, batch.noise[part],
+                               labels[part] if labels is not None else None, loss_type=loss_type)
     if min_snr_gamma is None:
         return per_image.mean()
-    return (min_snr_weights(schedule, batch.t, min_snr_gamma) * per_image).mean()
+    return (min_snr_weights(schedule, t, min_snr_gamma) * per_image).mean()

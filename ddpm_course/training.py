@@ -25,7 +25,8 @@ from ._version import __version__
 from .checkpoints import FORMAT, read_checkpoint, save_checkpoint
 from .config import TrainConfig, recommended_sampling
 from .data import DeviceBatches, TensorImageDataset, load_available, load_dataset
-from .devices import describe_machine, resolve_device, resolve_precision
+from .devices import describe_machine, resolve_precision
+from .distributed import barrier, init_distributed, launch_context, mean_over_ranks, shard_bounds, shutdown
 from .ema import EMA
 from .losses import diffusion_loss
 from .schedules import NoiseSchedule
@@ -107,18 +108,31 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, log: Callable = print, model: torch.nn.Module | None = None):
         """model: train this network instead of ``UNet(config.model)`` (e.g. a peer architecture in a
-        benchmark); it must follow the UNet calling convention model(x_t, t[, y])."""
+        benchmark); it must follow the UNet calling convention model(x_t, t[, y]).
+
+        Under torchrun (see :mod:`ddpm_course.distributed`) each process trains on its shard of every
+        global batch; only rank 0 logs and writes."""
         self.config = config.validate()
-        self.log = log
-        self.device = resolve_device(config.device)
+        self.shard = shard_bounds(config.batch_size, launch_context())   # checked before joining any group
+        self.dist, self.device = init_distributed(launch_context(), config.device)
+        self.log = log if self.dist.is_main else (lambda *args, **kwargs: None)
         self.precision = resolve_precision(config.mixed_precision, self.device)
         torch.manual_seed(config.seed)
-        self.data = load_training_data(config, log)
+        try:
+            self.data = load_training_data(config, self.log)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"rank {self.dist.rank}: {error}" if self.dist.enabled else str(error)) from None
         _check_data(config, self.data)
         self.model = (UNet(config.model) if model is None else model).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, config.ema_decay)
+        self.net = self.model    # what the loss calls: the model itself, or its DDP wrapper under torchrun
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.schedule = NoiseSchedule.from_name(config.schedule, config.T).to(self.device)
         opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -151,7 +165,10 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        save_checkpoint(self.state_dict(), self.path)
+        """Rank 0 writes the checkpoint; every rank waits until it is written."""
+        if self.dist.is_main:
+            save_checkpoint(self.state_dict(), self.path)
+        barrier(self.dist)
         self.saved_step = self.step
         return self.path
 
@@ -187,9 +204,9 @@ class Trainer:
             group["lr"] = lr_at(self.step, cfg)
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "no"):
-            loss = diffusion_loss(self.model, self.schedule, x0, labels, loss_type=cfg.loss,
+            loss = diffusion_loss(self.net, self.schedule, x0, labels, loss_type=cfg.loss,
                                   p_uncond=cfg.p_uncond, min_snr_gamma=cfg.min_snr_gamma,
-                                  generator=self.noise_gen)
+                                  generator=self.noise_gen, shard=self.shard)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip is not None:
@@ -212,7 +229,7 @@ class Trainer:
 
     def run(self, progress: bool = True, callback: Callable | None = None) -> Path:
         cfg = self.config
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not progress,
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not progress or not self.dist.is_main,
                    dynamic_ncols=True, file=sys.stdout)
         running, count, since = None, 0, self.step  # loss summed since the last log
         last_time, last_step = time.perf_counter(), self.step
@@ -228,7 +245,8 @@ class Trainer:
                 at_log = self.step % cfg.log_every == 0 or self.step == cfg.max_steps
                 at_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps
                 if at_log or at_ckpt:
-                    mean = (running / count).item()   # one synchronisation per log, not per step
+                    # one synchronisation per log, not per step; the mean over all ranks' shards
+                    mean = mean_over_ranks(running / count, self.dist).item()
                     if not math.isfinite(mean):
                         raise self._diverged(since)
                     now = time.perf_counter()
@@ -268,12 +286,17 @@ def train(config: TrainConfig, resume: bool = True, *, progress: bool = True,
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     trainer = Trainer(config, log=log)
-    if resume and trainer.path.exists():
-        trainer.load(trainer.path)
-        log(f"Resuming from {trainer.path} at step {trainer.step}")
-        if trainer.step >= config.max_steps:
-            log(f"Already trained to step {trainer.step} (max_steps={config.max_steps}); nothing to do.")
-            return trainer.path
-    elif not resume:
-        trainer.set_aside_old_checkpoint()
-    return trainer.run(progress=progress, callback=callback)
+    try:
+        if resume and trainer.path.exists():
+            trainer.load(trainer.path)
+            trainer.log(f"Resuming from {trainer.path} at step {trainer.step}")
+            if trainer.step >= config.max_steps:
+                trainer.log(f"Already trained to step {trainer.step} (max_steps={config.max_steps}); nothing to do.")
+                return trainer.path
+        elif not resume:
+            if trainer.dist.is_main:
+                trainer.set_aside_old_checkpoint()
+            barrier(trainer.dist)
+        return trainer.run(progress=progress, callback=callback)
+    finally:
+        shutdown(trainer.dist)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid
 
 from ._checks import check_choice, check_image_batch, check_int
 from .files import atomic_write
@@ -33,6 +32,8 @@ def write_image(path, image: np.ndarray, **kwargs) -> Path:
 
 def to_uint8_grid(x: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
     """Lay a batch (B, C, H, W) in [-1, 1] out as one image: uint8 array (H', W') or (H', W', 3)."""
+    from torchvision.utils import make_grid  # here, not at import: torchvision takes seconds to import
+
     check_image_batch("x", x)
     grid = make_grid(((x.detach().float().cpu().clamp(-1, 1) + 1) / 2), nrow=nrow, padding=padding,
                      pad_value=1.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_course import load_checkpoint
+from ddpm_course import load_checkpoint, train
 from ddpm_course.checkpoints import read_checkpoint
-from ddpm_course.distributed import DistributedContext, shard_bounds
+from ddpm_course.distributed import DistributedContext, init_distributed, launch_context, shard_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
@@ -60,34 +61,43 @@ def test_shards_split_the_global_batch():
         shard_bounds(6, DistributedContext(rank=0, world_size=4))
 
 
+def train_here(config):
+    """One process, no torchrun."""
+    return train(config, resume=True, progress=False, log=lambda *a: None)
+
+
 def test_two_processes_train_the_model_one_process_trains_and_resume_across_counts(ddp_config, tmp_path):
-    one = ddp_config.replace(out_dir=str(tmp_path / "one"))
+    straight = train_here(ddp_config.replace(out_dir=str(tmp_path / "one")))          # 1 process, 6 steps
+    # 2 processes to step 3 ...
     two = ddp_config.replace(out_dir=str(tmp_path / "two"))
-    for config, n in ((one, 1), (two, 2)):
-        result = run(config, n, tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-    straight, dual = Path(one.out_dir) / "checkpoint.pt", Path(two.out_dir) / "checkpoint.pt"
+    result = run(two.replace(max_steps=3), 2, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in Path(two.out_dir).iterdir()) == ["checkpoint.pt"]    # rank 0 wrote, once
+    assert result.stdout.count("Resuming") == 0
+    shutil.copytree(two.out_dir, tmp_path / "two_then_one")
+    # ... then 2 processes on to step 6: the same model as 1 process, up to reduction order
+    result = run(two, 2, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"Resuming from {two.out_dir}/checkpoint.pt at step 3") == 1   # said once, by rank 0
+    dual = Path(two.out_dir) / "checkpoint.pt"
     assert load_checkpoint(dual).step == 6
     assert max_weight_difference(straight, dual) < 1e-4
-    # resume across process counts: 2 processes to step 3, then 1 process to 6; and 1 then 2
-    for first, second, name in ((2, 1, "two_then_one"), (1, 2, "one_then_two")):
-        config = ddp_config.replace(out_dir=str(tmp_path / name))
-        assert run(config.replace(max_steps=3), first, tmp_path).returncode == 0
-        assert read_checkpoint(Path(config.out_dir) / "checkpoint.pt")["step"] == 3
-        result = run(config, second, tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert f"Resuming from {config.out_dir}/checkpoint.pt at step 3" in result.stdout
-        assert max_weight_difference(straight, Path(config.out_dir) / "checkpoint.pt") < 1e-4
-    # a global batch the processes cannot share evenly is refused before any work
-    bad = run(ddp_config.replace(batch_size=7, out_dir=str(tmp_path / "bad")), 2, tmp_path)
-    assert bad.returncode != 0 and "must be divisible by the number of processes, 2" in bad.stderr
-    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
-
-
-def test_only_rank_0_writes(ddp_config, tmp_path):
-    config = ddp_config.replace(out_dir=str(tmp_path / "w"), max_steps=3)
-    result = run(config, 2, tmp_path)
+    # a checkpoint of 2 processes resumes under 1 ...
+    assert max_weight_difference(straight, train_here(two.replace(out_dir=str(tmp_path / "two_then_one")))) < 1e-4
+    # ... and one of 1 process under 2
+    other = ddp_config.replace(out_dir=str(tmp_path / "one_then_two"))
+    train_here(other.replace(max_steps=3))
+    result = run(other, 2, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in Path(config.out_dir).iterdir()) == ["checkpoint.pt"]
-    assert result.stdout.count("Resuming") == 0 and torch.load(Path(config.out_dir) / "checkpoint.pt",
-                                                               weights_only=True)["step"] == 3
+    assert max_weight_difference(straight, Path(other.out_dir) / "checkpoint.pt") < 1e-4
+
+
+def test_what_cannot_work_is_refused_before_any_work(ddp_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="batch_size=7 .* must be divisible by the number of processes, 2"):
+        train_here(ddp_config.replace(batch_size=7, out_dir=str(tmp_path / "bad")))
+    assert not (tmp_path / "bad").exists()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="rank 0: device='cuda', but this machine has no CUDA GPU"):
+            init_distributed(launch_context(), "cuda")

@@ -10,6 +10,7 @@ from ..checkpoints import load_checkpoint
 from ..config import PROFILES, default_profile_name, get_profile
 from ..demo import demo_checkpoint, make_figures, run_demo
 from ..devices import resolve_device
+from ..distributed import is_main_process
 from ..evaluation import format_report, inception_fid, reference_images, sample_and_evaluate, sample_scores
 from ..files import atomic_write_json
 from ..generation import checkpoint_settings, class_labels, export_images, generate_samples
@@ -62,8 +63,9 @@ def cmd_train(args) -> int:
     config = get_profile(name)
     pairs = list(args.set or []) + [(k, getattr(args, k)) for k in TRAIN_FLAGS if getattr(args, k) is not None]
     config = config.with_overrides(pairs + [("out_dir", args.out or config.out_dir)])
-    print(f"Profile {name}: {config.max_steps} steps of {config.batch_size} images -> {config.out_dir}")
-    print(f"Checkpoint: {train(config, resume=not args.no_resume, progress=not args.no_progress)}")
+    say = print if is_main_process() else (lambda *a: None)   # under torchrun, rank 0 speaks
+    say(f"Profile {name}: {config.max_steps} steps of {config.batch_size} images -> {config.out_dir}")
+    say(f"Checkpoint: {train(config, resume=not args.no_resume, progress=not args.no_progress)}")
     return 0
 
 
