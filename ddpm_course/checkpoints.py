@@ -10,6 +10,7 @@ refuses anything but tensors and plain data: opening a checkpoint never runs cod
 
 from __future__ import annotations
 
+import io
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,14 @@ KINDS = {FORMAT: "a training checkpoint (load it with load_checkpoint)",
 
 
 def save_checkpoint(state: dict, path) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
-    return atomic_write(path, lambda f: torch.save(state, f))
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``).
+
+    The state is serialised in memory first, so that a full disk is reported as such (an OSError
+    "no space left ... the previous version is unchanged") and not as torch's writer's internal error.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def read_state(path, device="cpu", *, formats=(FORMAT, PRETRAINED_FORMAT), what: str = "model checkpoint") -> dict:

@@ -12,7 +12,9 @@ to step N in one go or in several interrupted pieces gives the same weights on a
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,8 +30,10 @@ from .data import DeviceBatches, TensorImageDataset, load_available, load_datase
 from .devices import describe_machine, resolve_precision
 from .distributed import barrier, init_distributed, launch_context, mean_over_ranks, shard_bounds, shutdown
 from .ema import EMA
+from .files import check_writable_folder, folder_lock, remove_stale_temporaries
 from .losses import diffusion_loss
 from .schedules import NoiseSchedule
+from .stopping import TrainingInterrupted, deferred_signals
 from .unet import UNet
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -227,7 +231,23 @@ class Trainer:
             f"(now {self.config.grad_clip}), then resume."
         )
 
+    def _stop_requested(self, request) -> bool:
+        """Whether a signal asked to stop; under torchrun, whether any rank got one (all stop together)."""
+        if not self.dist.enabled:
+            return request.signum is not None
+        flag = torch.tensor(float(request.signum or 0), device=self.device)
+        any_rank = mean_over_ranks(flag, self.dist).item() * self.dist.world_size
+        if any_rank and request.signum is None:
+            request.signum = signal.SIGINT
+        return bool(any_rank)
+
     def run(self, progress: bool = True, callback: Callable | None = None) -> Path:
+        """Train to ``max_steps``. Ctrl-C or SIGTERM: the step in flight finishes, is saved, and
+        :class:`TrainingInterrupted` says which step and where."""
+        with deferred_signals() as request:
+            return self._run(request, progress, callback)
+
+    def _run(self, request, progress: bool, callback: Callable | None) -> Path:
         cfg = self.config
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not progress or not self.dist.is_main,
                    dynamic_ncols=True, file=sys.stdout)
@@ -235,7 +255,7 @@ class Trainer:
         last_time, last_step = time.perf_counter(), self.step
         updating = False
         try:
-            while self.step < cfg.max_steps:
+            while self.step < cfg.max_steps and not self._stop_requested(request):
                 updating = True
                 loss = self.train_step()
                 updating = False
@@ -261,14 +281,20 @@ class Trainer:
                     last_time, last_step = time.perf_counter(), self.step
                     if at_ckpt:
                         self.save()
+            if request.signum is not None and self.step < cfg.max_steps:
+                if self.step != self.saved_step:
+                    self.save()
+                raise TrainingInterrupted(self.step, self.path, request.signum)
+        except TrainingInterrupted:
+            raise
         except KeyboardInterrupt:
-            # Keep the work done so far, unless the interrupt hit the middle of an update (then
+            # A second Ctrl-C: keep the work done so far, unless it hit the middle of an update (then
             # the weights may be half-updated, and the last periodic checkpoint is the good one).
             if not updating and self.step != self.saved_step:
                 self.save()
-            self.log(f"\nInterrupted; the checkpoint at {self.path} holds step {self.saved_step}. "
-                     "Run again with resume=True to continue.")
-            raise
+            if self.saved_step is None:
+                raise
+            raise TrainingInterrupted(self.saved_step, self.path, signal.SIGINT) from None
         finally:
             bar.close()
         return self.path
@@ -285,18 +311,31 @@ def train(config: TrainConfig, resume: bool = True, *, progress: bool = True,
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if launch_context().is_main:   # before any work: not five minutes in, at the first save
+        check_writable_folder(config.out_dir)
     trainer = Trainer(config, log=log)
-    try:
-        if resume and trainer.path.exists():
-            trainer.load(trainer.path)
-            trainer.log(f"Resuming from {trainer.path} at step {trainer.step}")
-            if trainer.step >= config.max_steps:
-                trainer.log(f"Already trained to step {trainer.step} (max_steps={config.max_steps}); nothing to do.")
-                return trainer.path
-        elif not resume:
-            if trainer.dist.is_main:
-                trainer.set_aside_old_checkpoint()
-            barrier(trainer.dist)
-        return trainer.run(progress=progress, callback=callback)
-    finally:
-        shutdown(trainer.dist)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutdown, trainer.dist)
+        if trainer.dist.is_main:     # one run per folder; the lock dies with the process
+            stack.enter_context(folder_lock(config.out_dir))
+            stale = remove_stale_temporaries(config.out_dir, CHECKPOINT_NAME)
+            if stale:
+                log(f"Removed {len(stale)} unfinished temporary file(s) of an interrupted save: "
+                    f"{', '.join(p.name for p in stale)}")
+        barrier(trainer.dist)
+        return _resume_or_start(trainer, config, resume, progress, callback)
+
+
+def _resume_or_start(trainer: Trainer, config: TrainConfig, resume: bool, progress: bool, callback) -> Path:
+    """Continue from the folder's checkpoint (resume) or set it aside (not resume), then train."""
+    if resume and trainer.path.exists():
+        trainer.load(trainer.path)
+        trainer.log(f"Resuming from {trainer.path} at step {trainer.step}")
+        if trainer.step >= config.max_steps:
+            trainer.log(f"Already trained to step {trainer.step} (max_steps={config.max_steps}); nothing to do.")
+            return trainer.path
+    elif not resume:
+        if trainer.dist.is_main:
+            trainer.set_aside_old_checkpoint()
+        barrier(trainer.dist)
+    return trainer.run(progress=progress, callback=callback)

@@ -18,14 +18,24 @@ from .files import atomic_write
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
+def check_image_path(path, what: str = "path") -> Path:
+    """Check, before any work, that ``path`` ends in an image extension and that its folder can be
+    written (creating it); a ValueError names the path and the problem."""
+    from .files import check_writable_folder
+
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{what} must end in an image extension ({', '.join(IMAGE_SUFFIXES)}), got {str(path)!r}")
+    check_writable_folder(path.parent, f"the folder of {what}")
+    return path
+
+
 def write_image(path, image: np.ndarray, **kwargs) -> Path:
     """Encode ``image`` (H, W), (H, W, 3) or frames (K, H, W, 3) by the path's extension and write it
     atomically; ``kwargs`` go to imageio (e.g. GIF durations)."""
     import imageio.v3 as iio
 
-    path = Path(path)
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"path must end in an image extension ({', '.join(IMAGE_SUFFIXES)}), got {str(path)!r}")
+    path = check_image_path(path)
     data = iio.imwrite("<bytes>", image, extension=path.suffix.lower(), **kwargs)
     return atomic_write(path, lambda f: f.write(data))
 

@@ -72,7 +72,7 @@ def test_two_processes_train_the_model_one_process_trains_and_resume_across_coun
     two = ddp_config.replace(out_dir=str(tmp_path / "two"))
     result = run(two.replace(max_steps=3), 2, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in Path(two.out_dir).iterdir()) == ["checkpoint.pt"]    # rank 0 wrote, once
+    assert sorted(p.name for p in Path(two.out_dir).iterdir()) == [".lock", "checkpoint.pt"]  # rank 0 wrote, once
     assert result.stdout.count("Resuming") == 0
     shutil.copytree(two.out_dir, tmp_path / "two_then_one")
     # ... then 2 processes on to step 6: the same model as 1 process, up to reduction order

@@ -12,11 +12,11 @@ from ..demo import demo_checkpoint, make_figures, run_demo
 from ..devices import resolve_device
 from ..distributed import is_main_process
 from ..evaluation import format_report, inception_fid, reference_images, sample_and_evaluate, sample_scores
-from ..files import atomic_write_json
+from ..files import atomic_write_json, check_writable_folder
 from ..generation import checkpoint_settings, class_labels, export_images, generate_samples
 from ..sampling import SAMPLERS
 from ..training import train
-from ..visualize import ProcessRecorder, save_gif, save_grid
+from ..visualize import ProcessRecorder, check_image_path, save_gif, save_grid
 
 TRAIN_FLAGS = ("max_steps", "batch_size", "lr", "seed", "subset", "dataset", "data_root", "device", "split",
                "checkpoint_every")
@@ -70,6 +70,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    check_image_path(args.out, "--out")
+    if args.gif:
+        check_image_path(args.gif, "--gif")
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
     labels = class_labels(args.labels, args.n, ckpt.num_classes)
     settings = _settings(ckpt, labels, args)
@@ -85,6 +88,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_export(args) -> int:
+    check_writable_folder(args.out, "--out")
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
     labels = class_labels(args.labels, args.n, ckpt.num_classes)
     written = export_images(ckpt, args.out, args.n, _settings(ckpt, labels, args), labels=labels,
@@ -94,6 +98,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if args.json:
+        check_writable_folder(Path(args.json).parent, "the folder of --json")
+    if args.grid:
+        check_image_path(args.grid, "--grid")
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
     evaluation = sample_and_evaluate(ckpt, num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
                                      guidance_scale=args.guidance, seed=args.seed, evaluator=args.evaluator,
