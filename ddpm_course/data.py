@@ -255,10 +255,10 @@ class DeviceBatches:
     def __init__(self, dataset: TensorImageDataset, batch_size: int, device="cpu", seed: int = 0):
         if not isinstance(dataset, TensorImageDataset):
             raise TypeError(f"dataset must be a TensorImageDataset (from load_mnist, ...), got {describe(dataset)}")
-        check_int("batch_size", batch_size, minimum=1)
+        check_int("batch_size", batch_size, minimum=1, maximum=len(dataset))
         self.images = dataset.images.to(device)
         self.labels = dataset.labels.to(device)
-        self.batch_size = min(batch_size, len(dataset))
+        self.batch_size = batch_size
         self.per_epoch = len(dataset) // self.batch_size
         self.seed = seed
         self._epoch, self._perm = None, None

@@ -225,13 +225,16 @@ def eval_mode(model):
         model.train(was_training)
 
 
-def _check_common(model, schedule, shape, guidance_scale, callback):
+def _check_common(model, schedule, shape, guidance_scale, callback, labels):
     if not callable(model):
         raise TypeError(f"model must be callable as model(x_t, t[, y]), got {describe(model)}")
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a NoiseSchedule, got {describe(schedule)}")
     shape = check_shape("shape", shape)
     check_float("guidance_scale", guidance_scale)
+    if labels is None and guidance_scale != 1.0:
+        raise ValueError(f"guidance_scale={guidance_scale} needs labels: classifier-free guidance mixes the "
+                         "conditional and unconditional predictions (use 1.0 without labels)")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(i, t, x_t, x0), got {describe(callback)}")
     return shape
@@ -248,7 +251,7 @@ def sample_ddpm(model, schedule: NoiseSchedule, shape, *, labels=None, guidance_
     shape: (B, C, H, W); labels: None, an int, or long (B,); returns x_0, (B, C, H, W), roughly
     in [-1, 1] (exactly, with clip_x0). variance: "posterior" (beta-tilde_t) or "beta" (beta_t).
     """
-    shape = _check_common(model, schedule, shape, guidance_scale, callback)
+    shape = _check_common(model, schedule, shape, guidance_scale, callback, labels)
     check_choice("variance", variance, VARIANCES)
     device = infer_device(model, x_T, generator)
     x = initial_noise(shape, device, generator, x_T)
@@ -275,7 +278,7 @@ def sample_ddim(model, schedule: NoiseSchedule, shape, *, steps: int = 50, eta: 
     Visits :func:`ddim_timesteps` (T - 1 down to 0) and ends with a jump to x0. Same arguments
     and return value as :func:`sample_ddpm`.
     """
-    shape = _check_common(model, schedule, shape, guidance_scale, callback)
+    shape = _check_common(model, schedule, shape, guidance_scale, callback, labels)
     check_int("steps", steps, minimum=1, maximum=schedule.T)
     check_float("eta", eta, minimum=0.0)
     device = infer_device(model, x_T, generator)
@@ -306,7 +309,7 @@ def sample_dpm_solver(model, schedule: NoiseSchedule, shape, *, steps: int = 20,
     Visits :func:`ddim_timesteps` (T - 1 down to 0), then returns the last x0 prediction.
     order=1 is DDIM with eta = 0. Same other arguments and return value as :func:`sample_ddim`.
     """
-    shape = _check_common(model, schedule, shape, guidance_scale, callback)
+    shape = _check_common(model, schedule, shape, guidance_scale, callback, labels)
     check_int("steps", steps, minimum=1, maximum=schedule.T)
     check_choice("order", order, (1, 2))
     device = infer_device(model, x_T, generator)
@@ -364,9 +367,6 @@ def sample(model, schedule: NoiseSchedule, shape, *, sampler: str = "ddim", step
     steps = num_model_calls(sampler, steps, schedule.T)
     if eta is not None and sampler != "ddim":
         raise ValueError(f"eta is DDIM's parameter; sampler={sampler!r} has none (got eta={eta})")
-    if labels is None and guidance_scale != 1.0:
-        raise ValueError(f"guidance_scale={guidance_scale} needs labels: classifier-free guidance mixes the "
-                         "conditional and unconditional predictions (use 1.0 without labels)")
     common = dict(labels=labels, guidance_scale=guidance_scale, generator=generator, x_T=x_T, clip_x0=clip_x0,
                   callback=callback, progress=progress)
     if sampler == "ddpm":

@@ -23,6 +23,9 @@ from torch import nn
 
 from ._checks import check_image_batch, check_labels, check_timesteps, describe
 
+MAX_PARAMETERS = 2_000_000_000   # a config asking for more is refused before allocation (8 GB in float32)
+MAX_IMAGE_SIZE = 1024
+
 
 @dataclass
 class UNetConfig:
@@ -78,12 +81,24 @@ class UNetConfig:
             or self.num_classes < 1
         ):
             raise ValueError(f"UNetConfig.num_classes must be None or a positive int, got {self.num_classes!r}")
+        widest, params = self.base_channels * max(self.channel_mults), self.approx_parameters()
+        if params > MAX_PARAMETERS or self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"UNetConfig asks for about {params:.2g} parameters ({4 * params / 1e9:.2g} GB in float32; widest "
+                f"level {widest} channels) at image_size={self.image_size}; the limits are {MAX_PARAMETERS:.0e} "
+                f"parameters and image_size {MAX_IMAGE_SIZE}, checked before anything is allocated")
         for mult in self.channel_mults:
             if (self.base_channels * mult) % self.attention_heads and self.attention_resolutions:
                 raise ValueError(
                     f"UNetConfig.attention_heads ({self.attention_heads}) must divide every level's "
                     f"width base_channels * mult, got width {self.base_channels * mult}"
                 )
+
+    def approx_parameters(self) -> int:
+        """An upper estimate of the U-Net's parameter count, computed without building it: per level
+        (encoder and decoder) about 3 * num_res_blocks + 3 convolutions of 3x3, (2 * width)^2 each."""
+        per_level = (3 * self.num_res_blocks + 3) * 9 * 4
+        return sum(per_level * (self.base_channels * m) ** 2 for m in self.channel_mults) + 1_000_000
 
     @property
     def resolutions(self) -> tuple:

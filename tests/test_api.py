@@ -178,3 +178,18 @@ def test_api_names_import_from_the_top_level():
     for name in names:
         assert hasattr(ddpm_course, name), name
     assert set(ddpm_course.__all__) <= set(dir(ddpm_course))
+
+
+def test_nothing_is_silently_clamped_or_ignored():
+    from ddpm_course import DeviceBatches, TensorImageDataset
+
+    s = NoiseSchedule.linear(100)
+    for sampler in (sample_ddpm, sample_ddim, sample_dpm_solver):   # guidance without labels would be ignored
+        with pytest.raises(ValueError, match="guidance_scale=2.0 needs labels"):
+            sampler(GaussianEps(s), s, (2, 1, 2, 2), guidance_scale=2.0)
+    data = TensorImageDataset(torch.zeros(10, 1, 28, 28), torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch_size must be <= 10"):
+        DeviceBatches(data, 16)
+    # a hostile config is refused by its size before anything is allocated
+    with pytest.raises(ValueError, match=r"about 2.9e\+13 parameters .* checked before anything is allocated"):
+        UNetConfig(base_channels=100_000)

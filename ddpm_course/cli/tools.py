@@ -90,12 +90,10 @@ def cmd_exercises_build(args) -> int:
 
 
 def cmd_exercises_grade(args) -> int:
-    from ..course.grading import format_grades, grade_notebook, grades_json
+    from ..course.grading import format_grades, grade_batch, grades_json
 
-    grades = []
-    for path in args.files:
-        print(f"grading {path} ...", flush=True)
-        grades.append(grade_notebook(path, timeout=args.timeout, profile=args.profile))
+    grades = grade_batch(args.files, timeout=args.timeout, profile=args.profile,
+                         log=lambda line: print(line, flush=True))
     print(format_grades(grades))
     if args.json:
         atomic_write_json(args.json, grades_json(grades))

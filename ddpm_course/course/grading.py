@@ -89,22 +89,48 @@ def grade_notebook(path, *, timeout: float = 900.0, profile: str = "ci") -> Grad
         try:
             output, _ = proc.communicate(timeout=timeout)
             if proc.returncode != 0:
-                grade.problem = f"the notebook could not be run: {output.strip().splitlines()[-1:]}"
+                last = output.strip().splitlines()[-1] if output.strip() else f"exit status {proc.returncode}"
+                grade.problem = f"the notebook could not be run: {last}"
         except subprocess.TimeoutExpired:
             _kill(proc)
             proc.communicate()
             grade.problem = f"stopped after the time limit of {timeout:.0f} s"
         grade.seconds = time.perf_counter() - start
-        results = {}
-        if log.exists():
-            for line in log.read_text(encoding="utf-8").splitlines():
-                item = json.loads(line)
-                results[item["exercise"]] = (item["status"], item["message"])
+        results = read_results(log)
     for exercise in exercises_in(name):
         status, message = results.get(exercise, ("not run", "the check cell never ran"
                                                  + (f" ({grade.problem})" if grade.problem else "")))
         grade.rows.append((exercise, status, message))
     return grade
+
+
+def read_results(log: Path) -> dict:
+    """{exercise: (status, message)} from a grade log; a malformed or incomplete line is skipped
+    (it can only cost its own notebook a result, never stop the batch)."""
+    results = {}
+    if not log.exists():
+        return results
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            item = json.loads(line)
+            results[str(item["exercise"])] = (str(item["status"]), str(item["message"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return results
+
+
+def grade_batch(paths, *, timeout: float = 900.0, profile: str = "ci", log=print) -> list:
+    """Grade each notebook in turn; a submission that cannot be graded at all (unreadable, not a
+    course notebook, ...) becomes its own row with the problem, and the batch always finishes."""
+    grades = []
+    for path in paths:
+        log(f"grading {path} ...")
+        try:
+            grades.append(grade_notebook(path, timeout=timeout, profile=profile))
+        except Exception as error:  # noqa: BLE001 - one bad submission must not stop the class's grading
+            grades.append(Grade(str(path), "unknown", problem=f"could not be graded: {type(error).__name__}: "
+                                                              f"{str(error)[:200]}"))
+    return grades
 
 
 def format_grades(grades: list) -> str:
