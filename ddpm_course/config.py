@@ -35,7 +35,7 @@ class TrainConfig:
 
     model: UNetConfig = field(default_factory=UNetConfig)  # the U-Net; see UNetConfig
     schedule: str = "linear"      # "linear" (DDPM) or "cosine" (Improved DDPM); cosine suits small T
-    T: int = 1000                 # diffusion steps; DDPM used 1000 (one student report used 800)
+    T: int = 1000                 # diffusion steps; DDPM used 1000
     dataset: str = "mnist"        # "mnist", "fashion_mnist", or a folder of images
     split: str = "auto"           # "train", "test", or "auto": train when found, else test (said aloud)
     subset: int | None = None     # keep only the first N images (None = all)

@@ -1,6 +1,6 @@
 """Numbers a student can trust about generated digits, all computed offline by the evaluator.
 
-    confidence        mean top softmax probability (report 000's measure)
+    confidence        mean top softmax probability
     diversity         classes present and the entropy of the predicted-class histogram
     accuracy          for conditional samples: how often the evaluator reads the requested label
     inception_score   exp(E_x KL(p(y|x) || p(y))) on the evaluator's softmax (Salimans et al. 2016);

@@ -3,7 +3,7 @@
     t ~ Uniform{0, ..., T-1},  eps ~ N(0, I),  x_t = sqrt(a-bar_t) x0 + sqrt(1 - a-bar_t) eps
     loss = || eps - eps_theta(x_t, t) ||^2          ("simple" loss, DDPM eq. 14)
 
-MSE is the default; L1 is an option (one of the student reports trained with it).
+MSE is the default; L1 is an option.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class ProcessRecorder:
 def process_grid(frames: list) -> torch.Tensor:
     """Arrange frames [(B, C, H, W)] * K as (B * K, C, H, W): row b shows sample b over time.
 
-    Show it with ``nrow=len(frames)`` (report 001's 8 seeds x 8 moments figure).
+    Show it with ``nrow=len(frames)`` (e.g. 8 seeds x 8 moments).
     """
     return torch.stack(frames, dim=1).flatten(0, 1)
 

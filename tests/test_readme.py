@@ -54,4 +54,4 @@ def test_result_figures_exist_and_name_their_command():
     paths = re.findall(r"\]\((assets/figures/[\w.]+)\)", README)
     assert len(paths) == 14 and all((root / p).is_file() for p in paths)
     section = README.split("## Results")[1].split("\n## ")[0]
-    assert "`python -m ddpm_course figures --out assets/figures`" in section
+    assert "`python -m ddpm_course figures --out assets/figures --gif-guidance 3`" in section

@@ -85,12 +85,22 @@ def course_model(settings: CourseSettings, *, path=None, run: str = "03_training
     path = Path(path) if path is not None else settings.run_dir(run) / "checkpoint.pt"
     if not settings.quick and path.exists():
         ckpt = load_checkpoint(path, settings.device)
-        print(f"Using your model from notebook {run[:2]}: {path} (step {ckpt.step}).")
+        print(f"Using your model from notebook {run[:2]}: {path} (step {ckpt.step}); {describe_model(ckpt)}.")
         return ckpt
     ckpt = load_pretrained(pretrained, settings.device)
     reason = "the ci profile" if settings.quick else f"{path} is not there (run notebook {run[:2]} to train your own)"
-    print(f"Using the shipped pretrained model {pretrained!r} ({reason}).")
+    print(f"Using the shipped pretrained model {pretrained!r} ({reason}); {describe_model(ckpt)}.")
     return ckpt
+
+
+def describe_model(ckpt: Checkpoint) -> str:
+    """What a notebook is sampling from: schedule, size, labels and the recommended sampling."""
+    cfg = ckpt.config
+    labels = f"{ckpt.num_classes} classes" if ckpt.num_classes else "unconditional"
+    s = ckpt.sampling
+    return (f"T={cfg.T} {cfg.schedule} schedule, U-Net base {cfg.model.base_channels}, {labels}, "
+            f"trained {ckpt.step} steps; recommended sampling {s['sampler']} {s['steps']} steps, "
+            f"guidance {s['guidance_scale']}")
 
 
 class LiveLossPlot:
