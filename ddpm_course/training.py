@@ -311,7 +311,9 @@ def train(config: TrainConfig, resume: bool = True, *, progress: bool = True,
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if launch_context().is_main:   # before any work: not five minutes in, at the first save
+    context = launch_context()
+    shard_bounds(config.validate().batch_size, context)   # a batch the processes cannot share: refused first
+    if context.is_main:            # before any work: not five minutes in, at the first save
         check_writable_folder(config.out_dir)
     trainer = Trainer(config, log=log)
     with contextlib.ExitStack() as stack:
