@@ -16,11 +16,12 @@ from .notebook import (
     LiveLossPlot,
     count_parameters,
     course_model,
+    drive_folder,
     load_digits,
     settings_for,
     setup,
     trace_shapes,
 )
 
-__all__ = ["CourseSettings", "LiveLossPlot", "count_parameters", "course_model", "load_digits", "settings_for",
-           "setup", "trace_shapes"]
+__all__ = ["CourseSettings", "LiveLossPlot", "count_parameters", "course_model", "drive_folder", "load_digits",
+           "settings_for", "setup", "trace_shapes"]

@@ -76,19 +76,47 @@ def load_digits(n: int, *, seed: int = 0, dataset: str = "mnist") -> tuple:
     return data.images[index].float(), data.labels[index]
 
 
-def course_model(settings: CourseSettings, *, path=None, run: str = "03_training",
-                 pretrained: str = "mnist-cond") -> Checkpoint:
-    """The model a notebook samples from: the one notebook 03 trained under this profile (or the
-    checkpoint at ``path``), if it is on disk, else the shipped pretrained model — always the shipped
-    one under ``ci``, whose own model is only a smoke test.
+DRIVE_MOUNT = Path("/content/drive")
+
+
+def drive_folder(mount: bool = True) -> Path | None:
+    """The course's folder on Google Drive, where notebook 03 can save its run:
+    ``$DDPM_COURSE_DRIVE`` if set (e.g. a stand-in folder in tests), else ``MyDrive/ddpm-course`` on
+    Colab, mounting Drive first when ``mount`` (Colab asks for permission once). None off Colab."""
+    env = os.environ.get("DDPM_COURSE_DRIVE")
+    if env:
+        return Path(env)
+    try:
+        from google.colab import drive
+    except ImportError:
+        return None
+    if mount and not (DRIVE_MOUNT / "MyDrive").is_dir():
+        drive.mount(str(DRIVE_MOUNT))
+    return DRIVE_MOUNT / "MyDrive" / "ddpm-course"
+
+
+def course_model(settings: CourseSettings, *, path=None, run: str = "03_training", pretrained: str = "mnist-cond",
+                 drive: bool = False) -> Checkpoint:
+    """The model a notebook samples from, and a line saying which one and why: the checkpoint at
+    ``path``, else the one notebook 03 trained under this profile next to the notebook, else (with
+    ``drive``) the one it saved to Google Drive (:func:`drive_folder`), else the shipped pretrained
+    model — always the shipped one under ``ci``, whose own model is only a smoke test.
     """
-    path = Path(path) if path is not None else settings.run_dir(run) / "checkpoint.pt"
-    if not settings.quick and path.exists():
-        ckpt = load_checkpoint(path, settings.device)
-        print(f"Using your model from notebook {run[:2]}: {path} (step {ckpt.step}); {describe_model(ckpt)}.")
+    local = settings.run_dir(run) / "checkpoint.pt"
+    candidates = [Path(path)] if path is not None else [local]
+    folder = drive_folder() if drive and path is None else None
+    if folder is not None:
+        candidates.append(folder / local)
+    found = next((c for c in candidates if c.exists()), None)
+    if not settings.quick and found is not None:
+        ckpt = load_checkpoint(found, settings.device)
+        where = "Google Drive" if folder is not None and found == folder / local else "disk"
+        print(f"Using your model from notebook {run[:2]} on {where}: {found} (step {ckpt.step}); "
+              f"{describe_model(ckpt)}.")
         return ckpt
     ckpt = load_pretrained(pretrained, settings.device)
-    reason = "the ci profile" if settings.quick else f"{path} is not there (run notebook {run[:2]} to train your own)"
+    looked = " or ".join(str(c) for c in candidates)
+    reason = "the ci profile" if settings.quick else f"no {looked} (run notebook {run[:2]} to train your own)"
     print(f"Using the shipped pretrained model {pretrained!r} ({reason}); {describe_model(ckpt)}.")
     return ckpt
 
