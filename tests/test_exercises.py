@@ -138,6 +138,14 @@ def test_sinusoidal_mistakes():
         return torch.cat([a.sin(), a.cos()], 1)
 
     assert "wrong order" in feedback("sinusoidal_embedding", sin_first)[1]
+
+    def ddpm_original(t, dim):   # as in DDPM's own code
+        half = dim // 2
+        f = torch.exp(-math.log(10000) * torch.arange(half) / (half - 1))
+        a = t.float()[:, None] * f
+        return torch.cat([a.sin(), a.cos()], 1)
+
+    assert "DDPM's original code" in feedback("sinusoidal_embedding", ddpm_original)[1]
     status, message = feedback("sinusoidal_embedding", lambda t, dim: torch.zeros(len(t), dim + 1))
     assert status == "failed" and "wrong shape" in message
 

@@ -20,7 +20,13 @@ def _check_sinusoidal(fn) -> str:
         k = torch.arange(half, dtype=torch.float64)
         args = t.double()[:, None] * torch.exp(-math.log(10000.0) * k / half)[None]
         args_dim = t.double()[:, None] * torch.exp(-math.log(10000.0) * k / dim)[None]
+        args_ddpm = t.double()[:, None] * torch.exp(-math.log(10000.0) * k / (half - 1))[None]
         mistakes = {
+            "this is DDPM's original code (sines first, frequencies 10000 ** (-k / (dim/2 - 1))): a valid "
+            "embedding, but the course follows Improved DDPM's code: cosines first, 10000 ** (-k / (dim / 2))":
+                torch.cat([args_ddpm.sin(), args_ddpm.cos()], 1),
+            "the frequencies use k / (dim/2 - 1), as DDPM's original code does; the course (Improved DDPM's "
+            "code) uses 10000 ** (-k / (dim / 2))": torch.cat([args_ddpm.cos(), args_ddpm.sin()], 1),
             "sin and cos are in the wrong order: the course puts [cos(t f), sin(t f)]":
                 torch.cat([args.sin(), args.cos()], 1),
             "cos and sin are interleaved; concatenate them instead: [cos(t f_0..f_{d/2-1}), sin(...)]":
