@@ -117,8 +117,9 @@ class Trainer:
         Under torchrun (see :mod:`ddpm_course.distributed`) each process trains on its shard of every
         global batch; only rank 0 logs and writes."""
         self.config = config.validate()
-        self.shard = shard_bounds(config.batch_size, launch_context())   # checked before joining any group
-        self.dist, self.device = init_distributed(launch_context(), config.device)
+        context = launch_context()
+        self.shard = shard_bounds(config.batch_size, context)   # checked before joining any group
+        self.dist, self.device = init_distributed(context, config.device)
         self.log = log if self.dist.is_main else (lambda *args, **kwargs: None)
         self.precision = resolve_precision(config.mixed_precision, self.device)
         torch.manual_seed(config.seed)

@@ -18,14 +18,19 @@ from .files import atomic_write
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
+def _check_suffix(path, what: str) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{what} must end in an image extension ({', '.join(IMAGE_SUFFIXES)}), got {str(path)!r}")
+    return path
+
+
 def check_image_path(path, what: str = "path") -> Path:
     """Check, before any work, that ``path`` ends in an image extension and that its folder can be
     written (creating it); a ValueError names the path and the problem."""
     from .files import check_writable_folder
 
-    path = Path(path)
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{what} must end in an image extension ({', '.join(IMAGE_SUFFIXES)}), got {str(path)!r}")
+    path = _check_suffix(path, what)
     check_writable_folder(path.parent, f"the folder of {what}")
     return path
 
@@ -35,7 +40,7 @@ def write_image(path, image: np.ndarray, **kwargs) -> Path:
     atomically; ``kwargs`` go to imageio (e.g. GIF durations)."""
     import imageio.v3 as iio
 
-    path = check_image_path(path)
+    path = _check_suffix(path, "path")   # the folder is checked before the work, not per image
     data = iio.imwrite("<bytes>", image, extension=path.suffix.lower(), **kwargs)
     return atomic_write(path, lambda f: f.write(data))
 
