@@ -75,10 +75,7 @@ def test_every_course_notebook_has_two_exercises():
         assert len(exercises.exercises_in(notebook)) >= 2, notebook
 
 
-def test_check_returns_the_package_function_when_wrong_and_logs(tmp_path, monkeypatch, capsys):
-    log = tmp_path / "log.jsonl"
-    monkeypatch.setenv(exercises.GRADE_LOG_ENV, str(log))
-
+def test_check_returns_the_package_function_when_wrong_and_records_what_was_submitted(capsys):
     def mine(betas):
         return torch.cumprod(1 - betas, 0)
 
@@ -87,10 +84,42 @@ def test_check_returns_the_package_function_when_wrong_and_logs(tmp_path, monkey
     assert wrong is EXERCISES["alpha_bar"].reference
     out = capsys.readouterr().out
     assert "✔ alpha_bar: correct" in out and "✘ alpha_bar:" in out
-    lines = log.read_text().splitlines()
-    assert [line.count('"passed"') for line in lines] == [1, 0]
+    assert exercises.SUBMITTED["alpha_bar"] is not mine   # the last function checked is what gets graded
     with pytest.raises(AssertionError, match="did not pass"):
         exercises.assert_passed("alpha_bar")
+
+
+def _answer(name, args, capsys):
+    import base64
+    import io
+    import pickle
+
+    from ddpm_course.course.exercises.framework import ANSWER_MARK, answer_call
+
+    capsys.readouterr()
+    answer_call(name, base64.b64encode(pickle.dumps(args)).decode())
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(ANSWER_MARK)
+    return torch.load(io.BytesIO(base64.b64decode(line[len(ANSWER_MARK):])), weights_only=True)
+
+
+def test_the_kernel_answers_the_graders_calls_with_tensors_only(capsys):
+    """What a grader's call returns: the output and the arguments after the call (in-place changes),
+    the student's error by name, the type of a non-tensor result, or that nothing was submitted."""
+    def in_place(labels, p, null, generator):
+        labels[0] = null
+        return labels
+
+    check("drop_labels", in_place)
+    answer = _answer("drop_labels", (torch.zeros(4, dtype=torch.long), 0.5, 10, torch.Generator()), capsys)
+    assert answer["out"].tolist() == [10, 0, 0, 0] and answer["args"][0].tolist() == [10, 0, 0, 0]
+    check("drop_labels", lambda *a: [1, 2])
+    answer = _answer("drop_labels", (torch.zeros(2), 0.5), capsys)
+    assert answer["type"] == "list" and answer["args"][1] is None and "out" not in answer
+    check("drop_labels", lambda *a: 1 / 0)
+    assert _answer("drop_labels", (torch.zeros(2),), capsys)["error"] == "ZeroDivisionError"
+    exercises.SUBMITTED.pop("drop_labels")
+    assert _answer("drop_labels", (torch.zeros(2),), capsys) == {"missing": True}
 
 
 def test_unknown_exercise_and_non_callable():
@@ -185,7 +214,19 @@ def test_sampling_mistakes():
     def x0_plus(x_t, t, eps, abar):
         return (x_t + (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
 
+    def paper_index(x_t, t, eps, s, z):   # Ho et al.'s t used as the array index: one step early
+        i = max(t - 1, 0)
+        a, ab, b = s.alphas[i], s.alphas_cumprod[i], s.betas[i]
+        return (x_t - b / (1 - ab).sqrt() * eps) / a.sqrt() + (b.sqrt() * z if t > 0 else 0)
+
+    def paper_alpha_bar(x_t, t, eps, s, z):
+        a, b = s.alphas[t], s.betas[t]
+        ab = s.alphas_cumprod[t - 1] if t > 0 else torch.tensor(0.0)
+        return (x_t - b / (1 - ab).sqrt() * eps) / a.sqrt() + (b.sqrt() * z if t > 0 else 0)
+
     assert "at t = 0" in feedback("ddpm_step", ddpm_noise_at_zero)[1]
+    assert "every coefficient is one step early" in feedback("ddpm_step", paper_index)[1]
+    assert "alpha-bar is one step early" in feedback("ddpm_step", paper_alpha_bar)[1]
     assert "last* (noisiest)" in feedback("ddim_step", ddim_wraps)[1]
     assert "wrong sign" in feedback("predict_x0", x0_plus)[1]
 

@@ -159,21 +159,3 @@ def test_exit_codes_and_messages_without_tracebacks(tmp_path, capsys, monkeypatc
     argv = ["sample", "--checkpoint", str(ckpt), "--n", "2", "--steps", "1", "--out", str(tmp_path / "g.png")]
     assert main(argv) == 1
     assert "no space left" in capsys.readouterr().err
-
-
-def test_one_bad_submission_never_stops_the_batch(tmp_path):
-    from ddpm_course.course.grading import grade_batch, read_results
-
-    log = tmp_path / "results.jsonl"
-    log.write_text('{"exercise": "alpha_bar", "status": "passed", "message": "correct"}\n'
-                   '{"exercise": "add_noise", "stat\n'          # cut off mid-line
-                   '{"exercise": "add_noise"}\n'                 # no status
-                   "not json at all\n")
-    assert read_results(log) == {"alpha_bar": ("passed", "correct")}
-    (tmp_path / "01_forward_diffusion_broken.ipynb").write_text("{ not a notebook")
-    (tmp_path / "mystery.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
-    grades = grade_batch([tmp_path / "01_forward_diffusion_broken.ipynb", tmp_path / "missing.ipynb",
-                          tmp_path / "mystery.ipynb"], log=lambda *a: None)
-    assert [g.score for g in grades] == [0, 0, 0]
-    assert all(g.problem and g.problem.startswith("could not be graded") for g in grades)
-    assert "cannot tell which course notebook" in grades[2].problem

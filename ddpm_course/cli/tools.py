@@ -92,7 +92,7 @@ def cmd_exercises_build(args) -> int:
 def cmd_exercises_grade(args) -> int:
     from ..course.grading import format_grades, grade_batch, grades_json
 
-    grades = grade_batch(args.files, timeout=args.timeout, profile=args.profile,
+    grades = grade_batch(args.files, timeout=args.timeout, profile=args.profile, memory_gb=args.memory_gb,
                          log=lambda line: print(line, flush=True))
     print(format_grades(grades))
     if args.json:
@@ -176,9 +176,12 @@ def add_commands(sub) -> None:
     q.add_argument("--out", default=None, help="default: NOTEBOOKS/exercises")
     q.add_argument("--check", action="store_true", help="only check that the student edition is up to date")
     q.set_defaults(func=cmd_exercises_build)
-    q = xsub.add_parser("grade", help="run submitted notebooks (each in its own process) and score the exercises")
+    q = xsub.add_parser("grade", help="run submitted notebooks (each in its own sandboxed kernel) and score the "
+                                      "exercises by calling the students' functions")
     q.add_argument("files", nargs="+", help="submitted .ipynb files")
     q.add_argument("--timeout", type=float, default=900.0, help="seconds per notebook (default %(default)s)")
+    q.add_argument("--memory-gb", type=float, default=8.0,
+                   help="address-space limit of each notebook's kernel, in GiB (default %(default)s)")
     q.add_argument("--profile", choices=list(PROFILES), default="ci",
                    help="profile the notebooks run under (default %(default)s: fast)")
     q.add_argument("--json", default=None, help="also write the scores here as JSON")

@@ -17,9 +17,9 @@ from . import (  # noqa: F401  (each module registers its notebook's exercises)
 )
 from .framework import (
     EXERCISES,
-    GRADE_LOG_ENV,
     RESULTS,
     STATUSES,
+    SUBMITTED,
     Exercise,
     Feedback,
     Mismatch,
@@ -30,5 +30,5 @@ from .framework import (
     run_check,
 )
 
-__all__ = ["EXERCISES", "GRADE_LOG_ENV", "RESULTS", "STATUSES", "Exercise", "Feedback", "Mismatch", "assert_passed",
+__all__ = ["EXERCISES", "RESULTS", "STATUSES", "SUBMITTED", "Exercise", "Feedback", "Mismatch", "assert_passed",
            "check", "compare", "exercises_in", "run_check"]

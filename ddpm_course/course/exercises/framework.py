@@ -13,26 +13,37 @@ the student edition). Feedback names the mistake when it is a known one (square 
 alpha-bar off by one step, guidance sign flipped, ...), else the test case and index where the
 values differ most and by how much.
 
-When ``$DDPM_COURSE_GRADE_LOG`` names a file, every result is also appended to it as one JSON
-line; ``python -m ddpm_course exercises grade`` reads that file (see :mod:`ddpm_course.course.grading`).
+Grading never trusts what the notebook prints or writes: ``check`` also records the function in
+:data:`SUBMITTED`, and after the notebook has run, the grader (:mod:`ddpm_course.course.grading`)
+calls that function through :func:`answer_call` on inputs it sends, and runs the same checker on
+the answers in its own process.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import base64
+import io
+import pickle
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-GRADE_LOG_ENV = "DDPM_COURSE_GRADE_LOG"
+ANSWER_MARK = "@@ddpm_course_answer@@ "   # the line of a grader's call that carries the answer
 STATUSES = ("passed", "failed", "not attempted")
 _MARK = {"passed": "✔", "failed": "✘", "not attempted": "…"}
 
 
 class Mismatch(Exception):
     """Raised inside a checker: the student's output is wrong, and the message says how."""
+
+
+class GraderSignal(Exception):
+    """Raised by the grader's stand-in for a student's function; checkers pass it on untouched."""
+
+
+class NotSubmitted(GraderSignal):
+    """The notebook never passed a function to ``check`` for this exercise."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class Exercise:
 
 EXERCISES: dict[str, Exercise] = {}
 RESULTS: dict[str, Feedback] = {}   # the results of this process, by exercise name
+SUBMITTED: dict[str, Callable] = {}  # the function last passed to check(), by exercise name
 
 
 def exercise(name: str, notebook: str, summary: str, reference: Callable):
@@ -130,7 +142,7 @@ def call(fn: Callable, args: tuple, what: str):
     """Call the student's function; NotImplementedError means "not attempted" and is passed on."""
     try:
         return fn(*args)
-    except NotImplementedError:
+    except (NotImplementedError, Mismatch, GraderSignal):
         raise
     except Exception as err:  # noqa: BLE001 - any error of the student's code is feedback
         raise Mismatch(f"calling {what} raised {type(err).__name__}: {err}") from err
@@ -153,14 +165,6 @@ def run_check(name: str, fn: Callable) -> Feedback:
     return Feedback(name, "passed", f"correct ({tested}).")
 
 
-def _log(feedback: Feedback) -> None:
-    path = os.environ.get(GRADE_LOG_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"exercise": feedback.exercise, "status": feedback.status,
-                                "message": feedback.message}) + "\n")
-
-
 def check(name: str, fn: Callable) -> Callable:
     """Check the student's ``fn`` for exercise ``name``, print the feedback, return what to use next.
 
@@ -168,7 +172,7 @@ def check(name: str, fn: Callable) -> Callable:
     """
     feedback = run_check(name, fn)
     RESULTS[name] = feedback
-    _log(feedback)
+    SUBMITTED[name] = fn
     print(feedback)
     return fn if feedback.passed else EXERCISES[name].reference
 
@@ -183,6 +187,32 @@ def assert_passed(*names: str) -> None:
         result = RESULTS.get(name)
         if result is None or not result.passed:
             raise AssertionError(f"exercise {name!r} did not pass: {result or 'not checked'}")
+
+
+def answer_call(name: str, payload: str) -> None:
+    """Kernel side of grading: call the function submitted for ``name`` on the grader's arguments.
+
+    payload: base64 of a pickle of the argument tuple (from the grader, which is trusted).
+    Prints one line, :data:`ANSWER_MARK` + base64 of ``torch.save`` of a dict: ``{"out": tensor,
+    "args": [tensors after the call]}`` (the grader loads it with ``weights_only=True``), or
+    ``{"error": ..., "message": ...}``, ``{"type": ...}`` for a non-tensor result, ``{"missing": True}``.
+    """
+    args = pickle.loads(base64.b64decode(payload))
+    fn = SUBMITTED.get(name)
+    if fn is None:
+        answer = {"missing": True}
+    else:
+        try:
+            out = fn(*args)
+        except Exception as err:  # noqa: BLE001 - the student's error is the answer
+            answer = {"error": type(err).__name__, "message": str(err)[:500]}
+        else:
+            answer = ({"out": out.detach().cpu().clone()} if isinstance(out, torch.Tensor)
+                      else {"type": type(out).__name__})
+            answer["args"] = [a.detach().cpu().clone() if isinstance(a, torch.Tensor) else None for a in args]
+    buffer = io.BytesIO()
+    torch.save(answer, buffer)
+    print(ANSWER_MARK + base64.b64encode(buffer.getvalue()).decode("ascii"))
 
 
 def gen(seed: int) -> torch.Generator:

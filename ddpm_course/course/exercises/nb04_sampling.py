@@ -71,6 +71,15 @@ def _check_ddpm_step(fn) -> str:
             + sigma * z,
             "the fresh noise sigma_t z is missing": mean,
         }
+        if t > 0:   # a reader of Ho et al. who indexes the code's arrays with the paper's t (one step early)
+            a1, ab1, b1 = (float(schedule.alphas[t - 1]), float(schedule.alphas_cumprod[t - 1]),
+                           float(schedule.betas[t - 1]))
+            mistakes["every coefficient is one step early: the code's t is the paper's t + 1, so the step from "
+                     "timestep t uses betas[t], alphas[t] and alphas_cumprod[t] (not [t - 1]; see the convention "
+                     "table in notebook 01)"] = (x_t - b1 / math.sqrt(1 - ab1) * eps) / math.sqrt(a1) + math.sqrt(b1) * z
+            mistakes["alpha-bar is one step early: use alphas_cumprod[t], not [t - 1] (the code's t is the "
+                     "paper's t + 1; see the convention table in notebook 01)"] = (
+                (x_t - b / math.sqrt(1 - ab1) * eps) / math.sqrt(a) + sigma * z)
         out = call(fn, (x_t.clone(), t, eps.clone(), schedule, z.clone()),
                     f"my_ddpm_step(x_t, t={t}, eps, schedule, noise)")
         worst = max(worst, compare(out, ddpm_step_reference(x_t, t, eps, schedule, z), what=f"x_(t-1) at t={t}",
