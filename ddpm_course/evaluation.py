@@ -230,8 +230,19 @@ def sample_and_evaluate(checkpoint_or_model, *, num_samples: int = 1000, sampler
     seconds = time.perf_counter() - start
     result = {**({"checkpoint": path} if path else {}), "sampler": settings.sampler, "steps": settings.steps,
               "guidance_scale": settings.guidance_scale, "seed": seed,
-              **evaluate_samples(evaluator, samples, real_a, real_b, labels), "seconds": round(seconds, 2)}
+              **evaluate_samples(evaluator, samples, real_a, real_b, labels), "seconds": round(seconds, 2),
+              "memorisation": memorisation_summary(samples, dataset, image_shape(model)[1])}
     return Evaluation(result, samples, labels, evaluator)
+
+
+def memorisation_summary(samples: torch.Tensor, dataset: str, image_size: int = 28) -> dict:
+    """The scalar part of :func:`ddpm_course.memorisation.memorisation` against ``dataset``'s training
+    images (see :func:`~ddpm_course.memorisation.training_images`)."""
+    from .memorisation import memorisation, training_images
+
+    training, held_out = training_images(dataset, image_size)
+    result = memorisation(samples, training, held_out=held_out, num_reference=min(1000, len(training) - 1))
+    return {key: value for key, value in result.items() if not isinstance(value, torch.Tensor)}
 
 
 def evaluate_checkpoint(checkpoint_or_model, *, num_samples: int = 1000, sampler: str | None = None,
@@ -264,6 +275,10 @@ def format_report(r: dict) -> str:
         ("classes present / entropy", f"{r['diversity']['classes_present']}/10, "
                                       f"{r['diversity']['normalized_entropy']:.3f} of the maximum"),
         ("inception score (real data)", f"{r['inception_score']:.2f} ({r['real_inception_score']:.2f})"),
+        *([("nearest training image (median L2)",
+            f"samples {r['memorisation']['sample_median']:.2f} vs real {r['memorisation']['reference_median']:.2f} "
+            f"({r['memorisation']['reference']}): ratio {r['memorisation']['ratio']:.2f}, near copies "
+            f"{100 * r['memorisation']['near_copies']:.1f}%")] if r.get("memorisation") else []),
         ("sampling time", f"{r['seconds']:.1f}s"),
     ]
     if "inception_fid" in r:

@@ -141,3 +141,25 @@ def test_shipped_evaluator_reads_digits_not_backgrounds():
     noisy = (held[0] + 0.15 * torch.randn(held[0].shape, generator=gen(0))).clamp(-1, 1)
     assert classifier_accuracy(model, noisy, held[1]) > clean - 0.01
     assert classifier_accuracy(model, (held[0] + 0.1).clamp(-1, 1), held[1]) > clean - 0.01
+
+
+# ----------------------------------------------------------------------------- memorisation
+def test_memorisation_tells_copies_from_new_samples():
+    """Known answers: near-copies of training images are flagged; fresh draws from the same
+    distribution are as far from the training set as held-out real images (ratio about 1)."""
+    from ddpm_course.memorisation import memorisation, nearest_neighbours
+
+    g = torch.Generator().manual_seed(0)
+    training, held_out, fresh = (torch.randn(n, 1, 4, 4, generator=g) for n in (600, 300, 200))
+    copies = training[:200] + 0.01 * torch.randn(200, 1, 4, 4, generator=g)
+    copied = memorisation(copies, training, held_out=held_out)
+    assert copied["ratio"] < 0.05 and copied["near_copies"] == 1.0
+    assert torch.equal(copied["nearest"], torch.arange(200))
+    new = memorisation(fresh, training, held_out=held_out)
+    assert 0.85 < new["ratio"] < 1.15 and new["near_copies"] < 0.05
+    loo = memorisation(fresh, training, num_reference=300)   # no held-out set: leave-one-out
+    assert loo["reference"] == "training, leave-one-out" and 0.85 < loo["ratio"] < 1.15
+    d, i = nearest_neighbours(training[:50], training, exclude=torch.arange(50))
+    assert bool((i != torch.arange(50)).all()) and bool((d > 0).all())
+    with pytest.raises(ValueError, match="same image shape"):
+        nearest_neighbours(fresh, torch.randn(5, 1, 3, 3))
