@@ -76,7 +76,8 @@ def _check_ddpm_step(fn) -> str:
                            float(schedule.betas[t - 1]))
             mistakes["every coefficient is one step early: the code's t is the paper's t + 1, so the step from "
                      "timestep t uses betas[t], alphas[t] and alphas_cumprod[t] (not [t - 1]; see the convention "
-                     "table in notebook 01)"] = (x_t - b1 / math.sqrt(1 - ab1) * eps) / math.sqrt(a1) + math.sqrt(b1) * z
+                     "table in notebook 01)"] = (
+                (x_t - b1 / math.sqrt(1 - ab1) * eps) / math.sqrt(a1) + math.sqrt(b1) * z)
             mistakes["alpha-bar is one step early: use alphas_cumprod[t], not [t - 1] (the code's t is the "
                      "paper's t + 1; see the convention table in notebook 01)"] = (
                 (x_t - b / math.sqrt(1 - ab1) * eps) / math.sqrt(a) + sigma * z)
