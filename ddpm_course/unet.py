@@ -200,10 +200,18 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
 
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.qkv(self.norm(x)), "b (three h d) x y -> three b h (x y) d", three=3, h=self.heads)
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) for the feature map x (B, C, H, W): (B, heads, H*W, H*W), each row
+        (a query position) a distribution over the H*W positions it reads from (row-major: x * W + y)."""
+        q, k, _ = self._qkv(x)
+        return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        q, k, v = rearrange(self.qkv(self.norm(x)), "b (three h d) x y -> three b h (x y) d",
-                            three=3, h=self.heads)
+        q, k, v = self._qkv(x)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H*W, C / heads)
         out = rearrange(out, "b h (x y) d -> b (h d) x y", x=H, y=W)
         return x + self.proj(out)
