@@ -89,3 +89,41 @@ def test_bad_forward_inputs():
         cond(x, torch.tensor([1, 2]), torch.tensor([0, 11]))
     with pytest.raises(TypeError, match="config must be a UNetConfig"):
         UNet({"base_channels": 8})
+
+
+def test_attention_weights_are_the_softmax_the_block_uses():
+    from ddpm_course.unet import SelfAttention
+
+    torch.manual_seed(0)
+    attn = SelfAttention(32, heads=4)
+    torch.nn.init.normal_(attn.proj.weight)   # the projection starts at zero; make it count
+    x = torch.randn(2, 32, 5, 5)
+    w = attn.attention_weights(x)
+    assert w.shape == (2, 4, 25, 25) and torch.allclose(w.sum(-1), torch.ones(2, 4, 25))
+    v = attn.qkv(attn.norm(x)).view(2, 3, 4, 8, 25)[:, 2].transpose(-1, -2)
+    out = x + attn.proj((w @ v).transpose(-1, -2).reshape(2, 32, 5, 5))
+    assert torch.allclose(out, attn(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1,
+                                         attention_resolutions=(7,)),
+                                    dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=2,
+                                         attention_resolutions=(14,), num_classes=10)])
+def test_the_diagram_reads_the_model(kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ddpm_course.course.diagram import draw_unet, unet_layers
+
+    model = UNet(UNetConfig(**kwargs))
+    layers = unet_layers(model)
+    assert len(layers) == 2 + len(model.down) + len(model.mid) + len(model.up)
+    skips = [layer for layer in layers if layer.skip_from is not None]
+    assert len(skips) == len(model.down) + 1   # every encoder output (and conv_in's) is used once
+    for layer in skips:
+        i = layers.index(layer)
+        assert layer.in_channels == layers[i - 1].out_channels + layers[layer.skip_from].out_channels
+        assert layers[layer.skip_from].resolution == layer.resolution
+    attn = {layer.resolution for layer in layers if layer.kind == "res+attn"}
+    assert attn == set(kwargs["attention_resolutions"])
+    assert len(draw_unet(model).patches) >= len(layers)
