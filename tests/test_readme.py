@@ -1,4 +1,4 @@
-"""The README states what the code does: its profile table and its Colab links."""
+"""The README and docs/ state what the code does: profile table, Colab links, set-up and test commands."""
 
 import re
 from pathlib import Path
@@ -6,13 +6,16 @@ from pathlib import Path
 from ddpm_course import COLAB_REPO
 from ddpm_course.cli import main
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+DEVELOPING = (ROOT / "docs" / "DEVELOPING.md").read_text()
+ALL_DOCS = README + "".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
 
 
 def test_profile_table_is_the_profiles_command_output(capsys):
     main(["profiles"])
     printed = capsys.readouterr().out.strip()
-    block = README.split("<!-- profiles:start -->")[1].split("<!-- profiles:end -->")[0].strip()
+    block = ALL_DOCS.split("<!-- profiles:start -->")[1].split("<!-- profiles:end -->")[0].strip()
     assert block == printed, "README's profile table is stale: paste `python -m ddpm_course profiles`"
 
 
@@ -28,17 +31,28 @@ def test_colab_badges_point_at_one_repository_and_existing_notebooks():
     assert [Path(p).stem[:3] for p in solutions] == ["01_", "02_", "03_", "04_", "05_", "06_"]
 
 
-def test_quick_start_is_three_commands():
-    block = README.split("## Quick start")[1].split("```bash")[1].split("```")[0]
-    commands = [line for line in block.splitlines() if line.strip()]
-    assert commands == ["pip install -r requirements.txt", "python -m ddpm_course demo", "python -m pytest"]
+def bash_block(text: str, heading: str) -> list:
+    block = text.split(heading)[1].split("```bash")[1].split("```")[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_students_set_up_with_two_commands_and_tests_install_their_own_tools():
+    assert bash_block(README, "## Set up on your own machine") == ["pip install -r requirements.txt",
+                                                                   "jupyter lab notebooks/"]
+    requirements = (ROOT / "requirements.txt").read_text().split()
+    assert not {"pytest", "diffusers", "ruff"} & set(requirements)        # test tools are not for students
+    test_commands = bash_block(DEVELOPING, "## Tests and CI")
+    assert test_commands == ["pip install -r requirements.txt", 'pip install -e ".[test]"', "python -m pytest"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert all(f"python -m {command}" in ci for command in ("pip install --quiet -r requirements.txt",
+                                                             'pip install --quiet -e ".[test]"', "pytest"))
 
 
 def test_evaluator_accuracy_quoted_from_its_card():
     import json
 
     card = json.loads((Path(__file__).resolve().parents[1] / "assets" / "evaluator-mnist.json").read_text())
-    assert f"held-out accuracy ({100 * card['heldout_accuracy']:.2f}%)" in README
+    assert f"held-out accuracy ({100 * card['heldout_accuracy']:.2f}%)" in ALL_DOCS
     assert card["command"].startswith("python -m ddpm_course evaluator train --dataset mnist")
 
 
