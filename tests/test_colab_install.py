@@ -1,7 +1,12 @@
-"""The notebooks' install cell, as on a blank Colab runtime: an environment that has torch and the
-notebook tools but not ddpm_course, an empty folder holding only the notebook, and the repository
-URL pointed (DDPM_COURSE_REPO) at a clone of this one. The cell installs, can run twice, and says
-what to do when the download fails."""
+"""Colab's "Run all", simulated: every notebook of both editions, each alone in an empty folder, run
+by nbval with a kernel whose Python has torch and the notebook tools but not ddpm_course, its install
+cell pointed (DDPM_COURSE_REPO) at a clone of this repository, under the fast ``ci`` profile.
+
+The first notebook installs the package into that blank runtime (about 25 s: a clone and an editable
+pip install); the other eleven then run in the same runtime, each in its own empty folder, as a
+notebook does on Colab once the course is installed. The install cell also says what to do when the
+download fails, and can run twice. (This is how CI runs the notebooks: ``testpaths`` holds only
+``tests``.)"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from ddpm_course.course.grading import COURSE_NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,15 +63,41 @@ def test_install_cell_says_what_to_do_when_the_download_fails(blank_runtime, tmp
     assert not (tmp_path / "ddpm-course").exists()
 
 
-def test_install_cell_on_a_blank_runtime_installs_and_can_run_twice(blank_runtime):
+def test_run_all_of_every_notebook_both_editions_on_a_blank_runtime(blank_runtime):
     python, clone, base = blank_runtime
-    work = base / "content"
-    work.mkdir()
+    kernels = base / "jupyter" / "kernels" / "blank-colab"
+    kernels.mkdir(parents=True)
+    (kernels / "kernel.json").write_text(json.dumps({
+        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "a blank Colab-like runtime", "language": "python"}))
+    copies = []
+    for edition in ("solutions", "exercises"):
+        for name in COURSE_NOTEBOOKS:
+            source = ROOT / "notebooks" / ("exercises" if edition == "exercises" else "") / f"{name}.ipynb"
+            folder = base / "content" / edition / name       # an empty folder holding only the notebook
+            folder.mkdir(parents=True)
+            copies.append(folder / source.name)
+            copies[-1].write_bytes(source.read_bytes())
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(DDPM_COURSE_REPO=str(clone), DDPM_COURSE_PROFILE="ci", MPLBACKEND="Agg",
+               JUPYTER_PATH=str(base / "jupyter"))
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--nbval-lax",
+                           "--nbval-kernel-name", "blank-colab", "--rootdir", str(base), "-o", "addopts=",
+                           *map(str, copies)], capture_output=True, text=True, cwd=base, env=env, timeout=1800)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
+    installed = subprocess.run([str(python), "-c", "import ddpm_course; print(ddpm_course.__file__)"],
+                               capture_output=True, text=True, cwd=base)
+    assert str(copies[0].parent / "ddpm-course") in installed.stdout, installed.stderr  # notebook 01 installed it
+
+
+def test_install_cell_can_run_twice_and_is_the_same_everywhere(blank_runtime):
+    """(After the Run-all test: the runtime has the package that notebook 01's install cell put there.)"""
+    python, clone, base = blank_runtime
+    work = base / "content" / "solutions" / "01_forward_diffusion"
     source = install_cell("01_forward_diffusion.ipynb")
-    (work / "01_forward_diffusion.ipynb").write_text((ROOT / "notebooks" / "01_forward_diffusion.ipynb").read_text())
-    for attempt in (1, 2):   # "Run all" twice: the second run finds the install and does nothing
-        done = run_cell(python, source, work, clone)
-        assert done.returncode == 0, (attempt, done.stderr[-2000:])
+    done = run_cell(python, source, work, clone)      # "Run all" again: finds the install, does nothing
+    assert done.returncode == 0, done.stderr[-2000:]
     fresh = subprocess.run([str(python), "-c", "import ddpm_course, sys; print(ddpm_course.__file__)"],
                            capture_output=True, text=True, cwd=base)     # a new kernel sees the install
     assert fresh.returncode == 0 and str(work / "ddpm-course") in fresh.stdout, fresh.stderr

@@ -2,9 +2,16 @@
 
 Each view also has a static twin (a strip or a grid) for readers without a live kernel, e.g. on
 GitHub. The samples behind the guidance slider are computed once, so moving it is instant.
+
+The sliders never draw through pyplot or the inline backend: each frame is rendered off-screen by
+a bare matplotlib ``Figure`` into PNG bytes shown by an ``ipywidgets.Image``, updated when a control
+changes. (``widgets.interactive`` with ``plt.show()`` inside an output widget sometimes hung
+``jupyter nbconvert --execute`` under the inline backend; this structure has nothing to flush.)
 """
 
 from __future__ import annotations
+
+import io
 
 import matplotlib.pyplot as plt
 import torch
@@ -40,31 +47,48 @@ def noising_strip(schedules: dict, images: torch.Tensor, noise: torch.Tensor, ts
     return fig
 
 
+def render_png(images: torch.Tensor, nrow: int, title: str, scale: float = 0.6) -> bytes:
+    """A grid of ``images`` (B, C, H, W) in [-1, 1] with a title, as PNG bytes, drawn off-screen."""
+    from matplotlib.figure import Figure  # not pyplot: no figure manager, no inline backend
+
+    rows = -(-images.shape[0] // nrow)
+    width, height = nrow * images.shape[-1] / 28 * scale, rows * images.shape[-2] / 28 * scale
+    fig = Figure(figsize=(max(width, 2.0), max(height, 1.0) + 0.4))
+    show_images(images, nrow=nrow, title=title, ax=fig.subplots())
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
 def noising_slider(schedules: dict, images: torch.Tensor, *, seed: int = 0, t: int = 250):
     """A slider over t and a dropdown over schedules, showing ``images`` at x_t (same noise throughout)."""
     import ipywidgets as widgets
 
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
     T = next(iter(schedules.values())).T
+    schedule = widgets.Dropdown(options=list(schedules), description="schedule")
+    step = widgets.IntSlider(value=t, min=0, max=T - 1, step=1, description="t", continuous_update=True,
+                             layout=widgets.Layout(width="600px"))
+    image = widgets.Image(format="png")
 
-    def draw(schedule: str, t: int) -> None:
-        s = schedules[schedule]
-        show_images(noised(s, images, noise, t).clamp(-1, 1), nrow=images.shape[0], title=_readout(s, t))
-        plt.show()
+    def update(_=None) -> None:
+        s = schedules[schedule.value]
+        image.value = render_png(noised(s, images, noise, step.value).clamp(-1, 1), images.shape[0],
+                                 _readout(s, step.value))
 
-    return widgets.interactive(
-        draw, schedule=widgets.Dropdown(options=list(schedules), description="schedule"),
-        t=widgets.IntSlider(value=t, min=0, max=T - 1, step=1, description="t", continuous_update=True,
-                            layout=widgets.Layout(width="600px")))
+    schedule.observe(update, "value")
+    step.observe(update, "value")
+    update()
+    return widgets.VBox([widgets.HBox([schedule, step]), image])
 
 
 def guidance_slider(samples_by_scale: dict, nrow: int = 10):
     """A slider over precomputed guidance scales: {scale: images (B, C, H, W)}."""
     import ipywidgets as widgets
 
-    def draw(scale: float) -> None:
-        show_images(samples_by_scale[scale], nrow=nrow, title=f"guidance scale w = {scale}")
-        plt.show()
-
-    return widgets.interactive(draw, scale=widgets.SelectionSlider(options=list(samples_by_scale),
-                                                                   description="w", value=list(samples_by_scale)[0]))
+    scales = list(samples_by_scale)
+    scale = widgets.SelectionSlider(options=scales, description="w", value=scales[0])
+    frames = {w: render_png(x, nrow, f"guidance scale w = {w}") for w, x in samples_by_scale.items()}
+    image = widgets.Image(value=frames[scales[0]], format="png")
+    scale.observe(lambda change: setattr(image, "value", frames[change["new"]]), "value")
+    return widgets.VBox([scale, image])
