@@ -59,3 +59,12 @@ def test_slider_cells_never_hang_under_the_inline_backend(attempt, tmp_path, mon
     outputs = nb.cells[1].outputs
     assert [o["output_type"] for o in outputs] == ["display_data", "display_data"]
     assert all("application/vnd.jupyter.widget-view+json" in o["data"] for o in outputs)
+
+
+def test_a_resumed_loss_plot_starts_from_the_earlier_history():
+    from ddpm_course.course import LiveLossPlot
+
+    plot = LiveLossPlot("resumed", every=1e9, history=[(10, 0.5), (20, 0.25)])
+    plot({"step": 30, "loss": 0.2})
+    assert plot.steps == [10, 20, 30] and plot.losses == [0.5, 0.25, 0.2] and plot.resumed_at == 20
+    assert LiveLossPlot().resumed_at is None

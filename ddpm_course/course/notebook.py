@@ -134,12 +134,16 @@ def describe_model(ckpt: Checkpoint) -> str:
 class LiveLossPlot:
     """A ``train(callback=...)`` callback that redraws a loss curve in the notebook as training runs.
 
-    Outside a notebook it prints one line per log instead.
+    Outside a notebook it prints one line per log instead. ``history`` (a checkpoint's ``history``,
+    [(step, loss), ...]) starts the curve with an earlier run's losses, marked as such, so that a
+    resumed run draws its own figure showing where it took over.
     """
 
-    def __init__(self, title: str = "training loss", every: float = 2.0):
+    def __init__(self, title: str = "training loss", every: float = 2.0, history=()):
         self.title, self.every = title, every
-        self.steps, self.losses = [], []
+        self.steps = [int(step) for step, _ in history]
+        self.losses = [float(loss) for _, loss in history]
+        self.resumed_at = self.steps[-1] if self.steps else None
         self._handle, self._last = None, 0.0
 
     def __call__(self, info: dict) -> None:
@@ -158,6 +162,9 @@ class LiveLossPlot:
             return
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.plot(self.steps, self.losses)
+        if self.resumed_at is not None:
+            ax.axvline(self.resumed_at, color="gray", ls="--", lw=1, label=f"resumed at step {self.resumed_at}")
+            ax.legend(fontsize=8)
         ax.set(xlabel="step", ylabel="loss (MSE on the noise)", title=self.title, yscale="log")
         ax.grid(alpha=0.3)
         if self._handle is None:
