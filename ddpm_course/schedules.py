@@ -1,18 +1,20 @@
 """Noise schedules and the closed-form forward process q(x_t | x_0).
 
-Glossary (names in code -> symbols in the notebooks, DDPM = Ho et al. 2020):
+Glossary (names in code -> symbols in the notebooks, DDPM = Ho et al. 2020). Arrays are indexed
+by the code's timestep i = 0 .. T-1, which is the paper's step t = i + 1 (notebook 01's table):
+``betas[i]`` is beta_{i+1}; below, "t" is the paper's step of the entry.
 
     betas                          beta_t, the variance added at step t
     alphas                         alpha_t = 1 - beta_t
     alphas_cumprod                 alpha-bar_t = prod_{s<=t} alpha_s
-    alphas_cumprod_prev            alpha-bar_{t-1}, with alpha-bar_{-1} = 1
+    alphas_cumprod_prev            alpha-bar_{t-1}; its first entry is alpha-bar_0 = 1 (clean data)
     sqrt_alphas_cumprod            sqrt(alpha-bar_t), the signal scale of x_t
     sqrt_one_minus_alphas_cumprod  sqrt(1 - alpha-bar_t), the noise scale of x_t
     posterior_variance             beta-tilde_t, the variance of q(x_{t-1} | x_t, x_0) (DDPM eq. 7)
     posterior_mean_coef1/2         the weights of x_0 and x_t in its mean (DDPM eq. 7)
     snr                            alpha-bar_t / (1 - alpha-bar_t), the signal-to-noise ratio
 
-Timesteps are 0-based as in diffusers: t = 0 is the first noising step, t = T - 1 the last.
+Timesteps in code are 0-based as in diffusers: 0 is the first noising step, T - 1 the last.
 A schedule holds no sampling state; it is a small table of per-step coefficients.
 """
 

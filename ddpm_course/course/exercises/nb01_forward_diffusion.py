@@ -31,7 +31,8 @@ def _check_alpha_bar(fn) -> str:
                 torch.cumprod(betas.double(), 0),
             "this is alpha_t = 1 - beta_t; alpha-bar_t is the cumulative product of the alphas up to t":
                 a,
-            "off by one step: your value at t is alpha-bar_{t-1} (at t=0 it should already be 1 - beta_0)":
+            "off by one step: your entry t is the alpha-bar of the step before (the first entry should already "
+            "be 1 - beta_1 = 1 - betas[0], not 1)":
                 torch.cat([torch.ones(1, dtype=a.dtype), torch.cumprod(a, 0)[:-1]]),
             "this is sqrt(alpha-bar_t); alpha-bar itself has no square root (it appears in add_noise)":
                 torch.cumprod(a, 0).sqrt(),
