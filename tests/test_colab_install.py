@@ -3,10 +3,11 @@ by nbval with a kernel whose Python has torch and the notebook tools but not ddp
 cell pointed (DDPM_COURSE_REPO) at a clone of this repository, under the fast ``ci`` profile.
 
 The first notebook installs the package into that blank runtime (about 25 s: a clone and an editable
-pip install); the other eleven then run in the same runtime, each in its own empty folder, as a
-notebook does on Colab once the course is installed. The install cell also says what to do when the
-download fails, and can run twice. (This is how CI runs the notebooks: ``testpaths`` holds only
-``tests``.)"""
+pip install); the others then run in the same runtime, each in its own empty folder, as a
+notebook does on Colab once the course is installed. A student edition whose code cells are the
+solution's (06, which has no exercises) is not run twice: the test checks that its code is identical.
+The install cell also says what to do when the download fails, and can run twice. (This is how CI
+runs the notebooks: ``testpaths`` holds only ``tests``.)"""
 
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def blank_runtime(tmp_path_factory):
     return python, clone, base
 
 
+def code_cells(path: Path) -> list:
+    return ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
 def install_cell(notebook: str) -> str:
     nb = json.loads((ROOT / "notebooks" / notebook).read_text())
     return "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
@@ -70,14 +75,18 @@ def test_run_all_of_every_notebook_both_editions_on_a_blank_runtime(blank_runtim
     (kernels / "kernel.json").write_text(json.dumps({
         "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "a blank Colab-like runtime", "language": "python"}))
-    copies = []
+    copies, same_code = [], []
     for edition in ("solutions", "exercises"):
         for name in COURSE_NOTEBOOKS:
             source = ROOT / "notebooks" / ("exercises" if edition == "exercises" else "") / f"{name}.ipynb"
+            if edition == "exercises" and code_cells(source) == code_cells(ROOT / "notebooks" / source.name):
+                same_code.append(name)   # a student edition without exercises runs exactly the solution's code
+                continue
             folder = base / "content" / edition / name       # an empty folder holding only the notebook
             folder.mkdir(parents=True)
             copies.append(folder / source.name)
             copies[-1].write_bytes(source.read_bytes())
+    assert same_code == ["06_evaluation"], same_code           # the notebook without exercises
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(DDPM_COURSE_REPO=str(clone), DDPM_COURSE_PROFILE="ci", MPLBACKEND="Agg",
                JUPYTER_PATH=str(base / "jupyter"))
