@@ -137,6 +137,17 @@ class _Kernel:
             done.add(index)
         return done, None
 
+    def _scratch(self, source: str, seconds: float):
+        """Run ``source`` as a cell of the grader's own (added to the notebook only while it runs);
+        return the executed cell with its outputs."""
+        cell = nbformat.v4.new_code_cell(source)
+        self.nb.cells.append(cell)
+        try:
+            self._execute(cell, len(self.nb.cells) - 1, seconds)
+        finally:
+            self.nb.cells.remove(cell)
+        return cell
+
     def _interrupt(self) -> bool:
         """Interrupt the running cell; True when the kernel answers again."""
         from jupyter_core.utils import run_sync
@@ -146,12 +157,7 @@ class _Kernel:
             self.client.kc.stop_channels()   # a fresh client: the timed-out cell's listener still reads the old one
             self.client.kc = None
             self.client.start_new_kernel_client()
-            probe = nbformat.v4.new_code_cell("pass")
-            self.nb.cells.append(probe)
-            try:
-                self._execute(probe, len(self.nb.cells) - 1, 20)
-            finally:
-                self.nb.cells.remove(probe)
+            self._scratch("pass", 20)
             return True
         except Exception:  # noqa: BLE001 - a kernel that ignores the interrupt is not graded further
             return False
@@ -161,11 +167,9 @@ class _Kernel:
         from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
         payload = base64.b64encode(pickle.dumps(tuple(args))).decode("ascii")
-        cell = nbformat.v4.new_code_cell("from ddpm_course.course.exercises.framework import answer_call\n"
-                                         f"answer_call({exercise!r}, {payload!r})")
-        self.nb.cells.append(cell)
         try:
-            self._execute(cell, len(self.nb.cells) - 1, CALL_TIMEOUT)
+            cell = self._scratch("from ddpm_course.course.exercises.framework import answer_call\n"
+                                 f"answer_call({exercise!r}, {payload!r})", CALL_TIMEOUT)
         except CellTimeoutError:
             self.alive = False
             raise _KernelGone(f"your function did not return within {CALL_TIMEOUT:.0f} s when the grader "
@@ -173,8 +177,6 @@ class _Kernel:
         except DeadKernelError:
             self.alive = False
             raise _KernelGone(f"the kernel died when the grader called your function ({_DEATHS})") from None
-        finally:
-            self.nb.cells.remove(cell)
         text = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
         answers = [line for line in text.splitlines() if line.startswith(ANSWER_MARK)]
         if not answers:
