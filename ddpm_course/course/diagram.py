@@ -23,29 +23,38 @@ class Layer:
     skip_from: int | None = None   # index (in the layer list) of the encoder output it concatenates
 
 
-def unet_layers(model: UNet) -> list:
-    """The layers of ``model`` with their shapes, from one forward pass on a zero image."""
-    cfg = model.config
-    shapes: dict = {}
-    hooks = []
-    named = [("conv_in", model.conv_in)] + [(f"down.{i}", m) for i, m in enumerate(model.down)] + \
-        [(f"mid.{i}", m) for i, m in enumerate(model.mid)] + [(f"up.{i}", m) for i, m in enumerate(model.up)] + \
-        [("conv_out", model.conv_out)]
-    for name, module in named:
+def top_level_layers(model: UNet) -> list:
+    """(name, module) of the U-Net's top-level layers in the order the forward pass runs them."""
+    return ([("conv_in", model.conv_in)] + [(f"down.{i}", m) for i, m in enumerate(model.down)]
+            + [(f"mid.{i}", m) for i, m in enumerate(model.mid)] + [(f"up.{i}", m) for i, m in enumerate(model.up)]
+            + [("conv_out", model.conv_out)])
+
+
+def layer_shapes(model: UNet, *inputs) -> list:
+    """(name, module, input shape, output shape) of each top-level layer for one forward pass of
+    ``model(*inputs)``, in order."""
+    rows, hooks = [], []
+    for name, module in top_level_layers(model):
         hooks.append(module.register_forward_hook(
-            lambda m, i, o, name=name: shapes.__setitem__(name, (i[0].shape[1], o.shape[1], o.shape[-1]))))
-    device = next(model.parameters()).device
-    x = torch.zeros(1, cfg.image_channels, cfg.image_size, cfg.image_size, device=device)
-    t = torch.zeros(1, dtype=torch.long, device=device)
+            lambda m, i, o, name=name: rows.append((name, m, tuple(i[0].shape), tuple(o.shape)))))
     try:
         with torch.no_grad():
-            model(x, t)
+            model(*inputs)
     finally:
         for h in hooks:
             h.remove()
+    return rows
+
+
+def unet_layers(model: UNet) -> list:
+    """The layers of ``model`` with their shapes, from one forward pass on a zero image."""
+    cfg = model.config
+    device = next(model.parameters()).device
+    x = torch.zeros(1, cfg.image_channels, cfg.image_size, cfg.image_size, device=device)
+    t = torch.zeros(1, dtype=torch.long, device=device)
     layers, stack = [], []
-    for name, module in named:
-        c_in, c_out, res = shapes[name]
+    for name, module, shape_in, shape_out in layer_shapes(model, x, t):
+        c_in, c_out, res = shape_in[1], shape_out[1], shape_out[-1]
         parts = {"conv_in": "input", "conv_out": "output", "down": "encoder", "mid": "middle", "up": "decoder"}
         part = parts[name.split(".")[0]]
         if isinstance(module, Block):

@@ -177,18 +177,10 @@ class LiveLossPlot:
 
 def trace_shapes(model: torch.nn.Module, *inputs) -> list:
     """(name, output shape) of each top-level block of a UNet for one forward pass, in order."""
-    rows, hooks = [], []
-    for name, module in model.named_modules():
-        if name.count(".") == 1 and name.split(".")[0] in ("down", "mid", "up") or name in ("conv_in", "conv_out"):
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: rows.append((f"{name} ({type(m).__name__})", tuple(o.shape)))))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return rows
+    from .diagram import layer_shapes
+
+    return [(f"{name} ({type(module).__name__})", shape_out)
+            for name, module, _, shape_out in layer_shapes(model, *inputs)]
 
 
 def count_parameters(model: torch.nn.Module) -> int:
