@@ -6,7 +6,7 @@ from there, so a checkpoint always says how its model was trained.
 Profiles (choose with ``DDPM_COURSE_PROFILE``; default ``t4`` with CUDA, else ``cpu``):
 
     ci    seconds on a CPU: a tiny model that tests and CI train end to end
-    cpu   a class-conditional model that draws recognisable digits on a 2-core CPU in ~10 minutes
+    cpu   a class-conditional model that draws recognisable digits on a 2-core CPU in 10-30 minutes
     t4    a class-conditional model for a free Colab T4 GPU: full quality in minutes
 """
 
@@ -27,6 +27,8 @@ OPTIMIZERS = ("adamw", "adam")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 TRAIN_SPLITS = ("auto", "train", "test")
 LOSS_TYPES = ("mse", "l1")    # the per-pixel error of the noise-prediction loss (ddpm_course.losses)
+LR_SCHEDULES = ("constant", "cosine")  # after the warm-up (ddpm_course.training.lr_at)
+TIMESTEP_SAMPLERS = ("uniform", "stratified")  # how a batch draws its t (ddpm_course.losses.sample_timesteps)
 
 
 @dataclass
@@ -42,17 +44,21 @@ class TrainConfig:
     data_root: str | None = None  # where the data lives (None = $DDPM_COURSE_DATA, then ./data)
     batch_size: int = 128         # images per step; larger is faster per image on a GPU
     lr: float = 2e-4              # peak learning rate after warm-up (DDPM: 2e-4)
-    warmup_steps: int = 200       # linear warm-up from 0 to lr; then lr stays constant
+    warmup_steps: int = 200       # linear warm-up from 0 to lr; then lr_schedule
+    lr_schedule: str = "constant"  # "constant" (a run can be extended), or "cosine": decays to 0 at max_steps
     weight_decay: float = 0.0     # AdamW weight decay
     optimizer: str = "adamw"      # "adamw" or "adam"
     max_steps: int = 5000         # optimisation steps in all (a resumed run continues to this)
     grad_clip: float | None = 1.0  # clip the gradient norm to this (None = no clipping)
     loss: str = "mse"             # "mse" (DDPM's simple loss) or "l1"
+    timesteps: str = "uniform"    # "uniform" (DDPM), or "stratified": one t from each 1/B of [0, T) per batch
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is usual); None: off
     ema_decay: float = 0.999      # EMA of the weights used for sampling; 0 disables it
     p_uncond: float = 0.1         # label dropout for classifier-free guidance (conditional models)
     mixed_precision: str = "auto"  # "auto" (bf16 or fp16 on CUDA, none on CPU), "no", "fp16", "bf16"
     channels_last: bool = False   # NHWC memory layout; speeds up convolutions on the CPU (and often a GPU)
+    fused_optimizer: bool = False  # one fused kernel for the whole AdamW update (CPU and CUDA) instead of a loop
+    compile: bool = False         # torch.compile the network: a slow first step, then faster ones where it pays
     device: str = "auto"          # "auto" (cuda, then mps, then cpu), or a torch device string
     seed: int = 0                 # seeds the weights, the batches and the noise
     out_dir: str = "runs/default"  # where checkpoint.pt is written
@@ -72,6 +78,8 @@ class TrainConfig:
         check_choice("TrainConfig.split", self.split, TRAIN_SPLITS)
         check_choice("TrainConfig.optimizer", self.optimizer, OPTIMIZERS)
         check_choice("TrainConfig.loss", self.loss, LOSS_TYPES)
+        check_choice("TrainConfig.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("TrainConfig.timesteps", self.timesteps, TIMESTEP_SAMPLERS)
         check_choice("TrainConfig.mixed_precision", self.mixed_precision, PRECISIONS)
         for name in ("T", "batch_size", "max_steps", "checkpoint_every", "log_every"):
             check_int(f"TrainConfig.{name}", getattr(self, name), minimum=1)
@@ -87,6 +95,10 @@ class TrainConfig:
             check_float("TrainConfig.min_snr_gamma", self.min_snr_gamma, minimum=0.0, open_min=True)
         if self.grad_clip is not None:
             check_float("TrainConfig.grad_clip", self.grad_clip, minimum=0.0, open_min=True)
+        if self.lr_schedule == "cosine" and self.warmup_steps >= self.max_steps:
+            raise ValueError(
+                f"TrainConfig.lr_schedule='cosine' decays the lr after the warm-up, but warmup_steps="
+                f"{self.warmup_steps} >= max_steps={self.max_steps} leaves no steps to decay over")
         if self.p_uncond > 0 and self.model.num_classes is None:
             raise ValueError(
                 f"TrainConfig.p_uncond={self.p_uncond} drops labels for classifier-free guidance, but "

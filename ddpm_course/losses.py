@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_choice, check_float, check_image_batch, check_labels
-from .config import LOSS_TYPES
+from .config import LOSS_TYPES, TIMESTEP_SAMPLERS
 from .guidance import model_num_classes, null_label
 from .schedules import NoiseSchedule
 
@@ -27,14 +27,29 @@ class NoisedBatch(NamedTuple):
     noise: torch.Tensor  # (B, C, H, W), standard normal
 
 
-def sample_timesteps(batch_size: int, T: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """t ~ Uniform{0, ..., T - 1}: a long tensor (batch_size,) on ``device``."""
-    return torch.randint(0, T, (batch_size,), device=device, generator=generator)
+def sample_timesteps(batch_size: int, T: int, device, generator: torch.Generator | None = None, *,
+                     method: str = "uniform") -> torch.Tensor:
+    """The batch's timesteps: a long tensor (batch_size,) of values in [0, T - 1] on ``device``.
+
+    "uniform": each t ~ Uniform{0, ..., T - 1} independently (DDPM, Algorithm 1).
+    "stratified": one random offset u ~ U[0, 1) shared by the batch, t_i = floor(T * ((u + i / B) mod 1))
+    for i = 0 .. B-1 (the low-discrepancy sampler of Kingma et al. 2021, "Variational Diffusion
+    Models"): each t is still uniform, but every 1/B-th of [0, T) gets exactly one, so a batch never
+    piles up on easy or hard noise levels and the loss estimate varies less from batch to batch.
+    """
+    check_choice("method", method, TIMESTEP_SAMPLERS)
+    if method == "uniform":
+        return torch.randint(0, T, (batch_size,), device=device, generator=generator)
+    u = torch.rand((), device=device, generator=generator)
+    grid = torch.arange(batch_size, device=device, dtype=torch.float32) / batch_size
+    return (((u + grid) % 1.0) * T).floor().long().clamp_(max=T - 1)
 
 
-def noise_batch(schedule: NoiseSchedule, x0: torch.Tensor, generator: torch.Generator | None = None) -> NoisedBatch:
-    """Draw t and eps for every image of x0 (B, C, H, W) and noise it with q(x_t | x_0)."""
-    t = sample_timesteps(x0.shape[0], schedule.T, x0.device, generator)
+def noise_batch(schedule: NoiseSchedule, x0: torch.Tensor, generator: torch.Generator | None = None, *,
+                timesteps: str = "uniform") -> NoisedBatch:
+    """Draw t (``timesteps``: see :func:`sample_timesteps`) and eps for every image of x0 (B, C, H, W)
+    and noise it with q(x_t | x_0)."""
+    t = sample_timesteps(x0.shape[0], schedule.T, x0.device, generator, method=timesteps)
     noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     return NoisedBatch(schedule.add_noise(x0, noise, t), t, noise)
 
@@ -79,12 +94,14 @@ def epsilon_errors(model, schedule: NoiseSchedule, x0, t, noise, labels=None, *,
 
 def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, labels: torch.Tensor | None = None, *,
                    loss_type: str = "mse", p_uncond: float = 0.0, min_snr_gamma: float | None = None,
-                   generator: torch.Generator | None = None, shard: tuple | None = None) -> torch.Tensor:
+                   timesteps: str = "uniform", generator: torch.Generator | None = None,
+                   shard: tuple | None = None) -> torch.Tensor:
     """The epsilon-prediction loss on one batch (a scalar tensor).
 
     x0: (B, C, H, W) in [-1, 1]; labels: long (B,) for a conditional model, else None;
     p_uncond: probability of replacing a label by "no label" (for classifier-free guidance);
     min_snr_gamma: weight each image's loss by :func:`min_snr_weights` (None: DDPM's uniform weights);
+    timesteps: "uniform" or "stratified", how t is drawn (:func:`sample_timesteps`);
     shard: (start, stop) to compute the loss on those images only, after drawing t, the noise and
     the label dropout for the whole batch (data-parallel training: every process draws the same).
     """
@@ -93,7 +110,7 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, labels: tor
     check_float("p_uncond", p_uncond, minimum=0.0, maximum=1.0)
     if min_snr_gamma is not None:
         check_float("min_snr_gamma", min_snr_gamma, minimum=0.0, open_min=True)
-    batch = noise_batch(schedule, x0, generator)
+    batch = noise_batch(schedule, x0, generator, timesteps=timesteps)
     if labels is not None:
         check_labels("labels", labels, x0.shape[0], model_num_classes(model), allow_null=True,
                      values=labels.device.type == "cpu")

@@ -46,11 +46,21 @@ class TrainingDiverged(FloatingPointError):
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_steps``, then constant (independent of max_steps, so that a
-    run extended after it stopped follows the same schedule)."""
+    """The learning rate of step ``step`` (0-based): a linear warm-up over ``warmup_steps``, then
+
+    - "constant": ``lr`` (independent of max_steps, so a run extended after it stopped follows the
+      same schedule);
+    - "cosine": ``lr * (1 + cos(pi * p)) / 2`` with p the fraction of the steps after the warm-up
+      already taken (Loshchilov & Hutter 2017, without restarts): from ``lr`` down to 0 at
+      ``max_steps``, so the last weights are the average-like, low-noise ones. Its steps depend on
+      max_steps, which a resumed cosine run therefore may not change.
+    """
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    return config.lr
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = (step - config.warmup_steps) / (config.max_steps - config.warmup_steps)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def load_training_data(config: TrainConfig, log: Callable = print) -> TensorImageDataset:
@@ -77,9 +87,14 @@ def _check_data(config: TrainConfig, data: TensorImageDataset) -> None:
 
 def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
     now = config.to_dict()
-    diffs = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    saved = TrainConfig.from_dict(saved).to_dict()  # fields added since it was written: their defaults
+    free = RESUMABLE_CHANGES if config.lr_schedule == "constant" else tuple(
+        k for k in RESUMABLE_CHANGES if k != "max_steps")   # a cosine schedule is laid over max_steps
+    diffs = [k for k in now if k not in free and saved.get(k) != now[k]]
     if diffs:
         detail = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diffs)
+        if "max_steps" in diffs:
+            detail += " (lr_schedule='cosine' decays to 0 at max_steps, so its steps cannot be extended)"
         raise ValueError(
             f"cannot resume from {path}: the config differs in {detail}. Use another out_dir, or "
             f"resume=False to start over (the old checkpoint is then kept under a new name)."
@@ -139,8 +154,11 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.schedule = NoiseSchedule.from_name(config.schedule, config.T).to(self.device)
+        if config.compile:
+            self.net = torch.compile(self.net)
         opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        fused = {"fused": True} if config.fused_optimizer else {}
+        self.optimizer = opt(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.batches = DeviceBatches(self.data, config.batch_size, self.device, seed=config.seed)
@@ -210,7 +228,7 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "no"):
             loss = diffusion_loss(self.net, self.schedule, x0, labels, loss_type=cfg.loss,
-                                  p_uncond=cfg.p_uncond, min_snr_gamma=cfg.min_snr_gamma,
+                                  p_uncond=cfg.p_uncond, min_snr_gamma=cfg.min_snr_gamma, timesteps=cfg.timesteps,
                                   generator=self.noise_gen, shard=self.shard)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

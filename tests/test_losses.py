@@ -55,6 +55,25 @@ def test_loss_falls_when_overfitting_one_batch():
     assert after < 0.6 * before, (before, after)
 
 
+def test_stratified_timesteps_cover_every_stratum_and_are_still_uniform():
+    from ddpm_course.losses import sample_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_timesteps(8, 1000, "cpu", g, method="stratified") for _ in range(4000)])
+    assert draws.dtype == torch.long and draws.min() >= 0 and draws.max() <= 999
+    assert torch.equal((draws // 125).sort(dim=1).values, torch.arange(8).expand(4000, 8))  # one per 1/8 of [0, T)
+    counts = torch.bincount(draws.flatten() // 100, minlength=10).float()
+    assert ((counts / counts.mean() - 1).abs() < 0.05).all()     # each t still uniform: 3200 per tenth
+    # the point: a batch's mean over t varies less (here t / T itself: std 1/sqrt(12 B) -> 1/(sqrt(12) B))
+    uniform = torch.stack([sample_timesteps(16, 1000, "cpu", g) for _ in range(2000)]).float().div(1000).mean(1)
+    strat = torch.stack([sample_timesteps(16, 1000, "cpu", g, method="stratified")
+                         for _ in range(2000)]).float().div(1000).mean(1)
+    assert abs(uniform.std().item() - (1 / (12 * 16)) ** 0.5) < 0.006
+    assert strat.std().item() < 0.35 * uniform.std().item()
+    with pytest.raises(ValueError, match=r"method must be one of \['uniform', 'stratified'\], got 'sobol'"):
+        sample_timesteps(8, 1000, "cpu", method="sobol")
+
+
 def test_bad_loss_arguments():
     s = NoiseSchedule.linear(10)
     zero = lambda x_t, t, y=None: torch.zeros_like(x_t)  # noqa: E731

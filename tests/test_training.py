@@ -1,4 +1,6 @@
 
+import math
+
 import pytest
 import torch
 
@@ -56,7 +58,11 @@ def test_resume_is_exact(tiny_config, tmp_path, channels_last):
     assert torch.equal(a["rng"]["noise"], b["rng"]["noise"])
 
 
-def test_interrupted_run_keeps_its_work_and_resumes_exactly(tiny_config, tmp_path):
+@pytest.mark.parametrize("recipe", [
+    {}, dict(fused_optimizer=True), dict(lr_schedule="cosine", timesteps="stratified"),
+])
+def test_interrupted_run_keeps_its_work_and_resumes_exactly(tiny_config, tmp_path, recipe):
+    tiny_config = tiny_config.replace(**recipe)
     straight, _ = _train_quietly(tiny_config.replace(out_dir=str(tmp_path / "a")))
     config = tiny_config.replace(out_dir=str(tmp_path / "b"), checkpoint_every=100)
 
@@ -102,6 +108,34 @@ def test_resume_refuses_a_different_config(tiny_config):
     _train_quietly(tiny_config.replace(max_steps=3))
     with pytest.raises(ValueError, match=r"cannot resume .* lr: 0.001 -> 0.01"):
         _train_quietly(tiny_config.replace(lr=0.01))
+
+
+def test_cosine_schedule_values_and_its_resume_rule(tiny_config):
+    from ddpm_course.training import lr_at
+
+    cfg = tiny_config.replace(lr=1.0, warmup_steps=2, max_steps=10, lr_schedule="cosine")
+    lrs = [lr_at(step, cfg) for step in range(10)]
+    assert lrs[:3] == [0.5, 1.0, 1.0]            # warm-up, then the top of the cosine
+    assert lrs[6] == pytest.approx(0.5)          # halfway through the 8 steps after the warm-up
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert lr_at(9, cfg.replace(lr_schedule="constant")) == 1.0
+    with pytest.raises(ValueError, match="warmup_steps=10 >= max_steps=10 leaves no steps to decay over"):
+        cfg.replace(warmup_steps=10).validate()
+    run = tiny_config.replace(lr_schedule="cosine", max_steps=3)
+    _train_quietly(run)
+    with pytest.raises(ValueError, match=r"max_steps: 3 -> 6 \(lr_schedule='cosine' decays to 0 at max_steps"):
+        _train_quietly(run.replace(max_steps=6))
+
+
+def test_checkpoints_written_before_a_field_existed_still_resume(tiny_config):
+    path, _ = _train_quietly(tiny_config.replace(max_steps=3))
+    state = read_checkpoint(path)
+    for key in ("lr_schedule", "timesteps", "fused_optimizer", "compile"):
+        del state["config"][key]       # as written by an earlier version
+    save_checkpoint(state, path)
+    _, lines = _train_quietly(tiny_config)
+    assert any("at step 3" in line for line in lines)
 
 
 def test_checkpoints_never_run_code(tmp_path):
@@ -183,6 +217,8 @@ def test_split_auto_falls_back_to_test_and_says_so(tiny_config, tmp_path):
     (dict(schedule="sigmoid"), "TrainConfig.schedule must be one of"),
     (dict(split="val"), "TrainConfig.split must be one of"),
     (dict(mixed_precision="fp8"), "TrainConfig.mixed_precision must be one of"),
+    (dict(lr_schedule="linear"), r"TrainConfig.lr_schedule must be one of \['constant', 'cosine'\], got 'linear'"),
+    (dict(timesteps="sobol"), r"TrainConfig.timesteps must be one of \['uniform', 'stratified'\]"),
     (dict(ema_decay=1.0), "TrainConfig.ema_decay must be < 1"),
     (dict(model=dict(num_classes=None)), "p_uncond=0.2 drops labels"),
 ])
