@@ -230,17 +230,25 @@ def measure_throughput(config: TrainConfig, steps: int) -> float:
     return statistics.median(rates[1:])
 
 
-def training_flops_per_image(config: TrainConfig, batch: int = 4) -> float:
+def training_flops_per_image(config: TrainConfig, batch: int = 4, model: nn.Module | None = None) -> float:
     """Floating-point operations of one training image (forward and backward), counted by
-    torch.utils.flop_counter on the CPU (matrix multiplies and convolutions; elementwise ops excluded)."""
+    torch.utils.flop_counter (matrix multiplies and convolutions; elementwise ops excluded).
+
+    model: count this network (on its device) instead of a new ``UNet(config.model)`` on the CPU;
+    its gradients are left as they were.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    model, schedule = UNet(config.model), NoiseSchedule.from_name(config.schedule, config.T)
-    m = config.model
-    x0 = torch.rand(batch, m.image_channels, m.image_size, m.image_size) * 2 - 1
-    labels = torch.randint(0, m.num_classes, (batch,)) if m.num_classes else None
+    model = UNet(config.model) if model is None else model
+    device = next(model.parameters()).device
+    schedule, m = NoiseSchedule.from_name(config.schedule, config.T).to(device), config.model
+    x0 = torch.rand(batch, m.image_channels, m.image_size, m.image_size, device=device) * 2 - 1
+    labels = torch.randint(0, m.num_classes, (batch,), device=device) if m.num_classes else None
+    saved = [p.grad for p in model.parameters()]
     with FlopCounterMode(display=False) as counter:
         diffusion_loss(model, schedule, x0, labels).backward()
+    for p, grad in zip(model.parameters(), saved):
+        p.grad = grad
     return counter.get_total_flops() / batch
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ddpm_course import UNet, get_profile
-from ddpm_course.benchmark import DiffusersUNet, benchmark_training, format_training_table
+from ddpm_course.benchmark import DiffusersUNet, benchmark_training, format_training_table, training_flops_per_image
 from ddpm_course.cli import main
 
 
@@ -49,6 +50,72 @@ def test_benchmark_training_trains_both_for_the_same_time(tiny_config):
         assert all(p["guidance_scale"] == 2.0 for p in run.points)   # the recommended one, recorded
     table = format_training_table(runs, tiny_config, "tiny", 10)
     assert "Ratios, ours / peer" in table and table.count("| diffusers UNet2DModel |") == 2
+
+
+def test_throughput_rows_switches_and_flops(tiny_config):
+    from ddpm_course.throughput import benchmark_throughput, peak_matmul_flops, throughput_table
+
+    class Clock:  # each reading 0.5 s after the last: every round of 2 steps takes 0.5 s
+        now = 0.0
+
+        def __call__(self):
+            self.now += 0.5
+            return self.now
+
+    rows = benchmark_throughput(tiny_config, steps=2, rounds=2, switches=[("fused_optimizer", True)],
+                                log=lambda *_: None, clock=Clock())
+    assert [r.name for r in rows] == ["ddpm_course UNet", "ddpm_course UNet, fused_optimizer=True",
+                                      "diffusers UNet2DModel"]
+    assert all(r.rates == [32.0, 32.0] and r.images_per_second == 32.0 for r in rows)   # 2 x 8 images / 0.5 s
+    assert rows[0].flops_per_image == rows[1].flops_per_image == training_flops_per_image(tiny_config)
+    peak = peak_matmul_flops("cpu", size=256, repeats=2)
+    assert peak > 1e8
+    table = throughput_table(rows, tiny_config, "tiny", peak, "cpu")
+    assert "Throughput, ours / peer: 1.00x" in table and table.count("| 32.0 |") == 3
+
+
+def test_flop_count_of_a_known_network(tiny_config):
+    """One 3x3 convolution 1 -> 4 channels on 28x28: 2 * 4 * 9 * 784 FLOPs forward, as many for the
+    weight gradient, none for the input's gradient (x_t needs none)."""
+
+    class OneConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1, bias=False)
+            self.head = torch.nn.Conv2d(4, 1, 1, bias=False)
+
+        def forward(self, x, t, y=None):
+            return self.head(self.conv(x))
+
+    per_image = training_flops_per_image(tiny_config.replace(model=dict(num_classes=None), p_uncond=0.0),
+                                         model=OneConv())
+    conv, head = 2 * 4 * 9 * 784, 2 * 4 * 784
+    assert per_image == conv * 2 + head * 3   # the head also sends a gradient back to the conv's output
+
+
+def test_recipe_study_trains_each_recipe_per_seed_and_checks_every_variant_first(tiny_config, tmp_path):
+    from ddpm_course.study import recipe_table, run_recipe_study
+
+    with pytest.raises(ValueError, match="TrainConfig.lr_schedule must be one of"):
+        run_recipe_study(tiny_config, [(("timesteps", "stratified"),), (("lr_schedule", "linear"),)],
+                         out_dir=tmp_path / "bad", log=lambda *a, **k: None)
+    assert not (tmp_path / "bad").exists()          # refused before the first training
+    lines = []
+    rows = run_recipe_study(tiny_config, [(("lr_schedule", "cosine"), ("timesteps", "stratified"))], seeds=(0, 1),
+                            num_samples=10, out_dir=tmp_path / "study", log=lambda *a, **k: lines.append(a[0]))
+    assert [r.name for r in rows] == ["baseline", "lr_schedule=cosine, timesteps=stratified"]
+    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == [
+        "baseline-seed0", "baseline-seed1", "lr_schedule_cosine__timesteps_stratified-seed0",
+        "lr_schedule_cosine__timesteps_stratified-seed1"]
+    for row in rows:
+        assert [r["seed"] for r in row.runs] == [0, 1]
+        assert all(r["fid_ratio"] > 1.5 and 0 <= r["accuracy"] <= 1 and r["train_seconds"] > 0 for r in row.runs)
+    table = recipe_table(rows, "tiny", 10)
+    assert table.count("| 2 |") == 2 and "guidance 2.0" in table
+    again = []
+    run_recipe_study(tiny_config, seeds=(0,), num_samples=10, out_dir=tmp_path / "study",
+                     log=lambda *a, **k: again.append(a[0]))
+    assert any("nothing to do" in line for line in again)   # an interrupted study continues, never retrains
 
 
 def test_figures_command_writes_a_grid_per_scale_and_a_gif_per_digit(tmp_path):

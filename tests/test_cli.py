@@ -150,6 +150,18 @@ def test_evaluate_inception_fid_is_null_with_a_reason_when_unavailable(ci_checkp
     assert "Inception FID skipped: OSError: cannot download" in printed and "skipped (offline)" in printed
 
 
+def test_benchmark_throughput_command(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["benchmark", "throughput", "--profile", "ci", "--steps", "1", "--rounds", "2", "--no-peer",
+                 "--switch", "fused_optimizer=True", "--set", "batch_size=16", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    table = (out / "throughput.md").read_text()
+    assert "Profile `ci` (16 images per step) on cpu" in table and "float32 matrix multiply" in table
+    assert "| ddpm_course UNet, fused_optimizer=True | 0.30M |" in table and "diffusers" not in table
+    assert main(["benchmark", "throughput", "--profile", "ci", "--switch", "fused=True"]) == 2
+    assert "unknown TrainConfig fields ['fused']" in capsys.readouterr().err
+
+
 def test_benchmark_sampling(ci_checkpoint, tmp_path):
     out = tmp_path / "bench"
     assert main(["benchmark", "sampling", "--checkpoint", str(ci_checkpoint), "--num-samples", "20",

@@ -25,7 +25,8 @@ TRAIN_FLAGS = ("max_steps", "batch_size", "lr", "seed", "subset", "dataset", "da
 def parse_override(text: str) -> tuple:
     """``"key=value"`` -> (key, value); the value is a Python literal when it parses as one."""
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE (e.g. model.base_channels=48), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE (e.g. model.base_channels=48 or compile=True), got {text!r}")
     key, raw = text.split("=", 1)
     try:
         value = ast.literal_eval(raw)
@@ -145,7 +146,7 @@ def cmd_figures(args) -> int:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a model from a profile",
-                       description="Train a DDPM. Profiles: ci (seconds), cpu (~10 min on 2 cores), t4 (Colab GPU).")
+                       description="Train a DDPM. Profiles: ci (seconds), cpu (10-30 min on 2 cores), t4 (Colab GPU).")
     p.add_argument("--profile", choices=list(PROFILES), default=None,
                    help="default: $DDPM_COURSE_PROFILE, else t4 with CUDA, else cpu")
     p.add_argument("--out", default=None, help="output folder (default: the profile's out_dir)")

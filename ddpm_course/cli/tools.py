@@ -15,10 +15,11 @@ from ..benchmark import (
 )
 from ..checkpoints import load_checkpoint
 from ..config import PROFILES, default_profile_name, get_profile, profile_info
-from ..devices import resolve_device
+from ..devices import resolve_device, resolve_precision
 from ..evaluation import evaluate_checkpoint, format_report
-from ..files import atomic_write_json
+from ..files import atomic_write_json, atomic_write_text
 from ..pretrained import PRETRAINED, add_evaluation, cards_table, export_pretrained, write_card
+from .models import parse_override
 
 
 def cmd_benchmark_sampling(args) -> int:
@@ -37,6 +38,49 @@ def cmd_benchmark_training(args) -> int:
                               num_samples=args.num_samples, guidance_scale=args.guidance, peers=args.peer)
     table = write_training_benchmark(runs, config, name, args.num_samples, args.out)
     print(f"\n{table}\n\nWrote {Path(args.out) / 'training.md'} and {Path(args.out) / 'training.json'}")
+    return 0
+
+
+def cmd_benchmark_throughput(args) -> int:
+    import torch
+
+    from ..throughput import benchmark_throughput, peak_matmul_flops, throughput_table
+
+    name = args.profile or default_profile_name()
+    config = get_profile(name).with_overrides([("device", args.device)] + (args.set or []))
+    device = resolve_device(config.device)
+    dtype = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}[resolve_precision(config.mixed_precision, device)]
+    peak = peak_matmul_flops(device, dtype=getattr(torch, dtype))
+    print(f"Peak: {peak / 1e9:.1f} GFLOP/s (2048x2048 {dtype} matrix multiply on {device})", flush=True)
+    rows = benchmark_throughput(config, steps=args.steps, rounds=args.rounds, switches=args.switch or [],
+                                peer=args.peer, log=lambda line: print(line, flush=True))
+    table = throughput_table(rows, config, name, peak, device, dtype)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "throughput.md", table + "\n")
+    print(f"\n{table}\n\nWrote {out / 'throughput.md'}")
+    return 0
+
+
+def parse_variant(text: str) -> tuple:
+    """``"lr_schedule=cosine,ema_decay=0.999"`` -> (("lr_schedule", "cosine"), ("ema_decay", 0.999))."""
+    return tuple(parse_override(part) for part in text.split(","))
+
+
+def cmd_benchmark_recipe(args) -> int:
+    from ..study import recipe_table, run_recipe_study
+
+    name = args.profile or default_profile_name()
+    config = get_profile(name).with_overrides([("device", args.device)])
+    rows = run_recipe_study(config, args.variant or [], seeds=args.seeds, num_samples=args.num_samples,
+                            guidance_scale=args.guidance, out_dir=args.runs,
+                            log=lambda *a, **k: print(*a, flush=True))
+    table = recipe_table(rows, name, args.num_samples)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "recipe.md", table + "\n")
+    atomic_write_json(out / "recipe.json", [{"recipe": r.name, "runs": r.runs} for r in rows])
+    print(f"\n{table}\n\nWrote {out / 'recipe.md'} and {out / 'recipe.json'}")
     return 0
 
 
@@ -132,6 +176,35 @@ def add_commands(sub) -> None:
     q.add_argument("--device", default="auto")
     q.add_argument("--out", default="benchmarks", help="folder for training.md and training.json")
     q.set_defaults(func=cmd_benchmark_training)
+
+    q = bsub.add_parser("throughput", help="training img/s and achieved FLOP/s against the measured peak, "
+                        "for the profile, each --switch, and a diffusers UNet2DModel in the same loop")
+    q.add_argument("--profile", choices=list(PROFILES), default=None)
+    q.add_argument("--steps", type=int, default=20, help="training steps per round and row")
+    q.add_argument("--rounds", type=int, default=4, help="interleaved rounds; the first is left out as warm-up")
+    q.add_argument("--switch", action="append", type=parse_override, metavar="KEY=VALUE",
+                   help="also time the profile with this one TrainConfig change, e.g. --switch compile=True "
+                   "--switch mixed_precision=bf16 --switch channels_last=False (a row each)")
+    q.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
+                   help="change the profile for every row (as train --set)")
+    q.add_argument("--no-peer", dest="peer", action="store_false", help="only the course's UNet")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--out", default="benchmarks", help="folder for throughput.md")
+    q.set_defaults(func=cmd_benchmark_throughput)
+
+    q = bsub.add_parser("recipe", help="train the profile and each --variant from scratch, per seed, and "
+                        "judge each with the offline evaluator: one table (each row is a full training)")
+    q.add_argument("--profile", choices=list(PROFILES), default=None)
+    q.add_argument("--variant", action="append", type=parse_variant, metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="a recipe to compare with the profile as it is, e.g. --variant lr_schedule=cosine "
+                   "--variant batch_size=128,lr=0.002 (a row each)")
+    q.add_argument("--seeds", type=int, nargs="+", default=[0])
+    q.add_argument("--num-samples", dest="num_samples", type=int, default=1000)
+    q.add_argument("--guidance", type=float, default=None, help="default: the recommended one (2 when conditional)")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--runs", default="runs/recipe", help="folder for the checkpoints (a rerun resumes them)")
+    q.add_argument("--out", default="benchmarks", help="folder for recipe.md and recipe.json")
+    q.set_defaults(func=cmd_benchmark_recipe)
 
     p = sub.add_parser("profiles", help="list the training profiles (model size, steps, budget)")
     p.add_argument("--measure", type=int, default=0, metavar="STEPS",

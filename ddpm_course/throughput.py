@@ -1,0 +1,134 @@
+"""Training throughput: images/s, achieved FLOP/s against the machine's peak, and the speed switches.
+
+``python -m ddpm_course benchmark throughput --profile cpu`` builds one :class:`Trainer` per row
+(the profile as it is, the profile with one switch changed for each ``--switch``, and diffusers'
+``UNet2DModel`` of the same size in the same loop) and times them in interleaved rounds, so that
+the machine's drift (other jobs, clock changes) falls on every row alike. Each row reports the
+median training images/s over the rounds after the first (which holds the warm-up and, with
+``compile=True``, the compilation), the FLOP/s this implies (matrix multiplies and convolutions
+counted by ``torch.utils.flop_counter``), and that as a fraction of the peak measured in the same
+run: the median FLOP/s of a large matrix multiply on the same device, in the training's precision
+(float32, or bf16 / fp16 under mixed precision).
+
+The speed choices of the CUDA path are each one TrainConfig field that ``--switch`` flips:
+``mixed_precision`` (bf16, or fp16 with a gradient scaler), ``channels_last``, ``compile``,
+``fused_optimizer``. The data always lives on the training device (:class:`~ddpm_course.data.DeviceBatches`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ._checks import check_int
+from .config import TrainConfig
+from .training import Trainer
+
+
+def peak_matmul_flops(device, size: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
+    """The median FLOP/s of a (size x size) @ (size x size) matrix multiply on ``device`` (2 size^3
+    operations each): what the BLAS of this machine reaches on the best-shaped work there is."""
+    check_int("size", size, minimum=16)
+    check_int("repeats", repeats, minimum=1)
+    device = torch.device(device)
+    gen = torch.Generator(device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
+    rates = []
+    for _ in range(repeats + 1):                      # the first one warms up
+        _synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        rates.append(2 * size**3 / max(time.perf_counter() - start, 1e-9))
+    return statistics.median(rates[1:])
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class ThroughputRow:
+    """One configuration's timings: images/s of each round and the FLOPs of one training image."""
+
+    name: str
+    parameters: int
+    flops_per_image: float
+    rates: list = field(default_factory=list)   # images/s per round, the warm-up round first
+
+    @property
+    def images_per_second(self) -> float:
+        """The median over the rounds after the first."""
+        return statistics.median(self.rates[1:]) if len(self.rates) > 1 else float("nan")
+
+
+def benchmark_throughput(config: TrainConfig, *, steps: int = 20, rounds: int = 4, switches=(),
+                         peer: bool = True, log=print, clock=time.perf_counter) -> list:
+    """Time ``steps`` training steps of each row, ``rounds`` times, interleaved; return [ThroughputRow].
+
+    switches: ``[(key, value)]`` overrides, each a row of its own (the profile with that one change,
+    validated as ``--set`` is). peer: add diffusers' ``UNet2DModel`` (same widths, depth, attention
+    and label embedding) trained by the same Trainer with the profile as it is. clock: the timer
+    (seconds), replaceable in tests.
+    """
+    check_int("steps", steps, minimum=1)
+    check_int("rounds", rounds, minimum=2)
+    from .benchmark import DiffusersUNet, training_flops_per_image
+
+    specs = [("ddpm_course UNet", config, None)]
+    specs += [(f"ddpm_course UNet, {key}={value}", config.with_overrides([(key, value)]), None)
+              for key, value in switches]
+    if peer:
+        specs.append(("diffusers UNet2DModel", config, DiffusersUNet))
+    rows, trainers = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (name, cfg, build) in enumerate(specs):
+            cfg = cfg.replace(out_dir=f"{tmp}/{k}")
+            trainer = Trainer(cfg, log=lambda *_: None, model=None if build is None else build(cfg.model))
+            rows.append(ThroughputRow(name, sum(p.numel() for p in trainer.model.parameters()),
+                                      training_flops_per_image(cfg, model=trainer.model)))
+            trainers.append(trainer)
+        for r in range(rounds):
+            for row, trainer in zip(rows, trainers):
+                row.rates.append(_time_steps(trainer, steps, clock))
+            log(f"round {r + 1}/{rounds}: " + ", ".join(f"{row.name} {row.rates[-1]:.0f} img/s" for row in rows))
+    return rows
+
+
+def _time_steps(trainer: Trainer, steps: int, clock) -> float:
+    """Images/s of ``steps`` real training steps (the loss is read once at the end, as training logs do)."""
+    _synchronize(trainer.device)
+    start = clock()
+    loss = None
+    for _ in range(steps):
+        loss = trainer.train_step()
+    loss.item()
+    _synchronize(trainer.device)
+    return steps * trainer.config.batch_size / max(clock() - start, 1e-9)
+
+
+def throughput_table(rows: list, config: TrainConfig, profile: str, peak: float, device,
+                     peak_dtype: str = "float32") -> str:
+    """Markdown: a row per configuration, then the ratio of the course's UNet to the peer."""
+    lines = [
+        f"Profile `{profile}` ({config.batch_size} images per step) on {torch.device(device)}; median of the "
+        f"rounds after the first. Peak: a 2048x2048 {peak_dtype} matrix multiply, {peak / 1e9:.1f} GFLOP/s.",
+        "",
+        "| configuration | parameters | GFLOP per training image | train img/s | achieved GFLOP/s | fraction of peak |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        achieved = row.flops_per_image * row.images_per_second
+        lines.append(f"| {row.name} | {row.parameters / 1e6:.2f}M | {row.flops_per_image / 1e9:.3f} | "
+                     f"{row.images_per_second:.1f} | {achieved / 1e9:.1f} | {achieved / peak:.1%} |")
+    ours, peers = rows[0], [r for r in rows if r.name.startswith("diffusers")]
+    if peers:
+        lines += ["", f"Throughput, ours / peer: {ours.images_per_second / peers[0].images_per_second:.2f}x "
+                      "(the profile as it is, both in the same loop)."]
+    return "\n".join(lines)
