@@ -113,6 +113,25 @@ def _time_steps(trainer: Trainer, steps: int, clock) -> float:
     return steps * trainer.config.batch_size / max(clock() - start, 1e-9)
 
 
+def profiler_table(config: TrainConfig, steps: int = 5, row_limit: int = 15) -> str:
+    """torch.profiler's table (operators by their own time, the largest first) of ``steps`` training
+    steps of ``config``, after two warm-up steps: where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    check_int("steps", steps, minimum=1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config.replace(out_dir=tmp), log=lambda *_: None)
+        for _ in range(2):
+            trainer.train_step()
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                trainer.train_step()
+            _synchronize(trainer.device)
+    key = "self_cuda_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=row_limit)
+
+
 def throughput_table(rows: list, config: TrainConfig, profile: str, peak: float, device,
                      peak_dtype: str = "float32") -> str:
     """Markdown: a row per configuration, then the ratio of the course's UNet to the peer."""

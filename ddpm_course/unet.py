@@ -142,6 +142,11 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     return emb
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing this call (torch >= 2.3 says so; older versions: never)."""
+    return bool(getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)())
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero a layer's parameters so that a residual branch starts as the identity."""
     for p in module.parameters():
@@ -353,8 +358,9 @@ class UNet(nn.Module):
         if tuple(x_t.shape[1:]) != expected:
             raise ValueError(f"x_t must have shape (B, {expected[0]}, {expected[1]}, {expected[2]}) "
                              f"for this UNetConfig, got {tuple(x_t.shape)}")
-        # Value ranges are checked on CPU only: on a GPU, reading t.min() would stall every call.
-        cpu = x_t.device.type == "cpu"
+        # Value ranges are checked on CPU only: on a GPU, reading t.min() would stall every call; under
+        # torch.compile, it would break the graph in two.
+        cpu = x_t.device.type == "cpu" and not _compiling()
         check_timesteps("t", t, x_t.shape[0], None, values=cpu)
         if y is not None:
             if cfg.num_classes is None:

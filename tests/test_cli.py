@@ -154,8 +154,9 @@ def test_benchmark_throughput_command(tmp_path, capsys):
     out = tmp_path / "bench"
     assert main(["benchmark", "throughput", "--profile", "ci", "--steps", "1", "--rounds", "2", "--no-peer",
                  "--switch", "fused_optimizer=True", "--set", "batch_size=16", "--device", "cpu",
-                 "--out", str(out)]) == 0
+                 "--profiler", "1", "--out", str(out)]) == 0
     table = (out / "throughput.md").read_text()
+    assert "Where the time of 1 training steps" in table and "aten::convolution_backward" in table
     assert "Profile `ci` (16 images per step) on cpu" in table and "float32 matrix multiply" in table
     assert "| ddpm_course UNet, fused_optimizer=True | 0.30M |" in table and "diffusers" not in table
     assert main(["benchmark", "throughput", "--profile", "ci", "--switch", "fused=True"]) == 2

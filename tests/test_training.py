@@ -128,6 +128,17 @@ def test_cosine_schedule_values_and_its_resume_rule(tiny_config):
         _train_quietly(run.replace(max_steps=6))
 
 
+def test_compiled_training_saves_the_plain_model(tiny_config):
+    """compile=True: the loss calls the compiled network, the checkpoint holds the plain model's
+    weights (no "_orig_mod." prefixes), so it loads and resumes like any other."""
+    from ddpm_course.training import Trainer
+
+    plain = Trainer(tiny_config, log=lambda *_: None)
+    compiled = Trainer(tiny_config.replace(compile=True), log=lambda *_: None)
+    assert isinstance(compiled.net, torch._dynamo.eval_frame.OptimizedModule) and compiled.net is not compiled.model
+    assert compiled.state_dict()["model"].keys() == plain.state_dict()["model"].keys()
+
+
 def test_checkpoints_written_before_a_field_existed_still_resume(tiny_config):
     path, _ = _train_quietly(tiny_config.replace(max_steps=3))
     state = read_checkpoint(path)

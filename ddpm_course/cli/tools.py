@@ -44,7 +44,7 @@ def cmd_benchmark_training(args) -> int:
 def cmd_benchmark_throughput(args) -> int:
     import torch
 
-    from ..throughput import benchmark_throughput, peak_matmul_flops, throughput_table
+    from ..throughput import benchmark_throughput, peak_matmul_flops, profiler_table, throughput_table
 
     name = args.profile or default_profile_name()
     config = get_profile(name).with_overrides([("device", args.device)] + (args.set or []))
@@ -55,6 +55,10 @@ def cmd_benchmark_throughput(args) -> int:
     rows = benchmark_throughput(config, steps=args.steps, rounds=args.rounds, switches=args.switch or [],
                                 peer=args.peer, log=lambda line: print(line, flush=True))
     table = throughput_table(rows, config, name, peak, device, dtype)
+    if args.profiler:
+        table += (f"\n\nWhere the time of {args.profiler} training steps of the profile goes "
+                  f"(torch.profiler, operators by their own time):\n\n```\n"
+                  f"{profiler_table(config, args.profiler)}\n```")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "throughput.md", table + "\n")
@@ -188,6 +192,8 @@ def add_commands(sub) -> None:
     q.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
                    help="change the profile for every row (as train --set)")
     q.add_argument("--no-peer", dest="peer", action="store_false", help="only the course's UNet")
+    q.add_argument("--profiler", type=int, default=0, metavar="STEPS",
+                   help="also print torch.profiler's table of STEPS steps of the profile (where the time goes)")
     q.add_argument("--device", default="auto")
     q.add_argument("--out", default="benchmarks", help="folder for throughput.md")
     q.set_defaults(func=cmd_benchmark_throughput)
