@@ -245,6 +245,8 @@ def training_flops_per_image(config: TrainConfig, batch: int = 4, model: nn.Modu
     x0 = torch.rand(batch, m.image_channels, m.image_size, m.image_size, device=device) * 2 - 1
     labels = torch.randint(0, m.num_classes, (batch,), device=device) if m.num_classes else None
     saved = [p.grad for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = None                 # else backward() would add into the saved tensors in place
     with FlopCounterMode(display=False) as counter:
         diffusion_loss(model, schedule, x0, labels).backward()
     for p, grad in zip(model.parameters(), saved):

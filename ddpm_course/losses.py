@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_choice, check_float, check_image_batch, check_labels
+from ._checks import check_choice, check_float, check_image_batch, check_int, check_labels
 from .config import LOSS_TYPES, TIMESTEP_SAMPLERS
 from .guidance import model_num_classes, null_label
 from .schedules import NoiseSchedule
@@ -38,6 +38,8 @@ def sample_timesteps(batch_size: int, T: int, device, generator: torch.Generator
     piles up on easy or hard noise levels and the loss estimate varies less from batch to batch.
     """
     check_choice("method", method, TIMESTEP_SAMPLERS)
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("T", T, minimum=1)
     if method == "uniform":
         return torch.randint(0, T, (batch_size,), device=device, generator=generator)
     u = torch.rand((), device=device, generator=generator)

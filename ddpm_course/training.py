@@ -38,7 +38,8 @@ from .unet import UNet
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # Fields that may differ between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "log_every", "out_dir", "device", "data_root")
+RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "log_every", "out_dir", "device", "data_root",
+                     "compile", "fused_optimizer")   # the last two change speed, not the arithmetic's meaning
 
 
 class TrainingDiverged(FloatingPointError):
@@ -87,7 +88,11 @@ def _check_data(config: TrainConfig, data: TensorImageDataset) -> None:
 
 def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
     now = config.to_dict()
-    saved = TrainConfig.from_dict(saved).to_dict()  # fields added since it was written: their defaults
+    try:
+        saved = TrainConfig.from_dict(saved).to_dict()  # fields added since it was written: their defaults
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"cannot resume from {path}: its config cannot be read by this version of "
+                         f"ddpm_course ({error}). Use another out_dir, or resume=False.") from None
     free = RESUMABLE_CHANGES if config.lr_schedule == "constant" else tuple(
         k for k in RESUMABLE_CHANGES if k != "max_steps")   # a cosine schedule is laid over max_steps
     diffs = [k for k in now if k not in free and saved.get(k) != now[k]]
@@ -120,6 +125,18 @@ def _restore_rng(state: dict, noise_gen: torch.Generator, config: TrainConfig, s
         noise_gen.manual_seed(config.seed + 1 + step)
         log(f"Note: checkpoint trained on {state['noise_device']}, resuming on {noise_gen.device}; the "
             "noise stream is re-seeded, so this resume is not bit-exact.")
+
+
+def _optimizer(opt, model: torch.nn.Module, config: TrainConfig, device: torch.device):
+    """AdamW or Adam over the model's parameters; fused into one kernel when ``fused_optimizer``."""
+    fused = {"fused": True} if config.fused_optimizer else {}
+    try:
+        return opt(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
+    except (RuntimeError, TypeError, ValueError) as error:
+        if not fused:
+            raise
+        raise ValueError(f"TrainConfig.fused_optimizer=True is not supported by torch {torch.__version__} on "
+                         f"device {device} ({error}); set fused_optimizer=False (the default)") from None
 
 
 class Trainer:
@@ -157,8 +174,7 @@ class Trainer:
         if config.compile:
             self.net = torch.compile(self.net)
         opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        fused = {"fused": True} if config.fused_optimizer else {}
-        self.optimizer = opt(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
+        self.optimizer = _optimizer(opt, self.model, config, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.batches = DeviceBatches(self.data, config.batch_size, self.device, seed=config.seed)
@@ -201,6 +217,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:    # the config says how to run, not the checkpoint
+            group["fused"] = True if self.config.fused_optimizer else None
         self.scaler.load_state_dict(state["scaler"])
         self.step = self.saved_step = int(state["step"])
         self.history = [tuple(h) for h in state.get("history", [])]

@@ -157,7 +157,7 @@ def test_benchmark_throughput_command(tmp_path, capsys):
                  "--profiler", "1", "--out", str(out)]) == 0
     table = (out / "throughput.md").read_text()
     assert "Where the time of 1 training steps" in table and "aten::convolution_backward" in table
-    assert "Profile `ci` (16 images per step) on cpu" in table and "float32 matrix multiply" in table
+    assert "Profile `ci` (16 images per step) on cpu" in table and "float32 matrix multiplies" in table
     assert "| ddpm_course UNet, fused_optimizer=True | 0.30M |" in table and "diffusers" not in table
     assert main(["benchmark", "throughput", "--profile", "ci", "--switch", "fused=True"]) == 2
     assert "unknown TrainConfig fields ['fused']" in capsys.readouterr().err

@@ -70,6 +70,17 @@ def test_stratified_timesteps_cover_every_stratum_and_are_still_uniform():
                          for _ in range(2000)]).float().div(1000).mean(1)
     assert abs(uniform.std().item() - (1 / (12 * 16)) ** 0.5) < 0.006
     assert strat.std().item() < 0.35 * uniform.std().item()
+    for B, T in ((7, 100), (40, 10)):           # T not a multiple of B, and more images than steps
+        t = torch.stack([sample_timesteps(B, T, "cpu", g, method="stratified") for _ in range(20000)])
+        assert t.min() == 0 and t.max() == T - 1
+        k = torch.arange(B)                     # the k-th smallest t lies in the k-th 1/B of [0, T)
+        low, high = (k * T) // B, -((-(k + 1) * T) // B) - 1
+        ordered = t.sort(dim=1).values
+        assert ((ordered >= low) & (ordered <= high)).all()
+        counts = torch.bincount(t.flatten(), minlength=T).float()
+        assert ((counts / counts.mean() - 1).abs() < 0.15).all()     # >= 1400 per t: 5 standard deviations
+    with pytest.raises(ValueError, match="T must be >= 1, got 0"):
+        sample_timesteps(8, 0, "cpu", method="stratified")
     with pytest.raises(ValueError, match=r"method must be one of \['uniform', 'stratified'\], got 'sobol'"):
         sample_timesteps(8, 1000, "cpu", method="sobol")
 

@@ -122,7 +122,12 @@ def test_cosine_schedule_values_and_its_resume_rule(tiny_config):
     assert lr_at(9, cfg.replace(lr_schedule="constant")) == 1.0
     with pytest.raises(ValueError, match="warmup_steps=10 >= max_steps=10 leaves no steps to decay over"):
         cfg.replace(warmup_steps=10).validate()
-    run = tiny_config.replace(lr_schedule="cosine", max_steps=3)
+    run = tiny_config.replace(lr_schedule="cosine", max_steps=6)
+    with pytest.raises(KeyboardInterrupt):
+        _train_quietly(run.replace(checkpoint_every=3), callback=_stop_at(3))
+    _, lines = _train_quietly(run.replace(checkpoint_every=2))     # what only sets the pace may change
+    assert any("at step 3" in line for line in lines)
+    run = run.replace(out_dir=run.out_dir + "-2", max_steps=3)
     _train_quietly(run)
     with pytest.raises(ValueError, match=r"max_steps: 3 -> 6 \(lr_schedule='cosine' decays to 0 at max_steps"):
         _train_quietly(run.replace(max_steps=6))
@@ -137,6 +142,25 @@ def test_compiled_training_saves_the_plain_model(tiny_config):
     compiled = Trainer(tiny_config.replace(compile=True), log=lambda *_: None)
     assert isinstance(compiled.net, torch._dynamo.eval_frame.OptimizedModule) and compiled.net is not compiled.model
     assert compiled.state_dict()["model"].keys() == plain.state_dict()["model"].keys()
+
+
+def _stop_at(step):
+    def callback(info):
+        if info["step"] == step:
+            raise KeyboardInterrupt
+    return callback
+
+
+def test_speed_switches_may_change_on_resume(tiny_config):
+    from ddpm_course.training import Trainer
+
+    _train_quietly(tiny_config.replace(max_steps=3))
+    faster = tiny_config.replace(fused_optimizer=True)
+    _, lines = _train_quietly(faster)
+    assert any("at step 3" in line for line in lines)
+    trainer = Trainer(faster, log=lambda *_: None)
+    trainer.load(trainer.path)
+    assert all(group["fused"] for group in trainer.optimizer.param_groups)   # the config's choice, not the file's
 
 
 def test_checkpoints_written_before_a_field_existed_still_resume(tiny_config):

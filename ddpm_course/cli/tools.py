@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -48,6 +50,8 @@ def cmd_benchmark_throughput(args) -> int:
 
     name = args.profile or default_profile_name()
     config = get_profile(name).with_overrides([("device", args.device)] + (args.set or []))
+    for key, value in args.switch or []:
+        config.with_overrides([(key, value)])            # every switch checked before anything is timed
     device = resolve_device(config.device)
     dtype = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}[resolve_precision(config.mixed_precision, device)]
     peak = peak_matmul_flops(device, dtype=getattr(torch, dtype))
@@ -67,8 +71,15 @@ def cmd_benchmark_throughput(args) -> int:
 
 
 def parse_variant(text: str) -> tuple:
-    """``"lr_schedule=cosine,ema_decay=0.999"`` -> (("lr_schedule", "cosine"), ("ema_decay", 0.999))."""
-    return tuple(parse_override(part) for part in text.split(","))
+    """``"lr_schedule=cosine,ema_decay=0.999"`` -> (("lr_schedule", "cosine"), ("ema_decay", 0.999)).
+
+    Splits only at a comma followed by ``KEY=``, so tuple values such as ``model.channel_mults=(1,2,2)`` stay whole.
+    """
+    parts = re.split(r",(?=\s*[A-Za-z_][\w.]*=)", text)
+    try:
+        return tuple(parse_override(part) for part in parts)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"in the variant {text!r}: {error}") from None
 
 
 def cmd_benchmark_recipe(args) -> int:
