@@ -163,6 +163,15 @@ def test_benchmark_throughput_command(tmp_path, capsys):
     assert "unknown TrainConfig fields ['fused']" in capsys.readouterr().err
 
 
+def test_benchmark_recipe_refuses_a_bad_variant_before_training(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    variant = "model.channel_mults=(1,2,2),lr_schedule=linear"      # a tuple value, then a bad choice
+    assert main(["benchmark", "recipe", "--profile", "ci", "--variant", variant,
+                 "--runs", str(runs), "--out", str(tmp_path / "out")]) == 2
+    assert "TrainConfig.lr_schedule must be one of ['constant', 'cosine'], got 'linear'" in capsys.readouterr().err
+    assert not runs.exists()
+
+
 def test_benchmark_sampling(ci_checkpoint, tmp_path):
     out = tmp_path / "bench"
     assert main(["benchmark", "sampling", "--checkpoint", str(ci_checkpoint), "--num-samples", "20",

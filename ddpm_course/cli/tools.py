@@ -167,6 +167,16 @@ def cmd_exercises_list(args) -> int:
     return 0
 
 
+def _benchmark_parser(bsub, name: str, help: str, func, outputs: str):
+    """A benchmark subcommand with the options every one of them has: --profile, --device, --out."""
+    q = bsub.add_parser(name, help=help)
+    q.add_argument("--profile", choices=list(PROFILES), default=None)
+    q.add_argument("--device", default="auto")
+    q.add_argument("--out", default="benchmarks", help=f"folder for {outputs}")
+    q.set_defaults(func=func)
+    return q
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("benchmark", help="measure quality against sampling steps, or training against a peer")
     bsub = p.add_subparsers(dest="benchmark_command", required=True, metavar="WHAT")
@@ -180,21 +190,18 @@ def add_commands(sub) -> None:
     q.add_argument("--device", default="auto")
     q.add_argument("--out", default="benchmarks", help="folder for sampling.md and sampling.json")
     q.set_defaults(func=cmd_benchmark_sampling)
-    q = bsub.add_parser("training", help="training img/s and quality over time, against a diffusers UNet2DModel peer")
-    q.add_argument("--profile", choices=list(PROFILES), default=None)
+    q = _benchmark_parser(bsub, "training", "training img/s and quality over time, against a diffusers UNet2DModel "
+                          "peer", cmd_benchmark_training, "training.md and training.json")
     q.add_argument("--minutes", type=float, default=None,
                    help="training time per model (default: the profile's budget: ci 0.5, cpu 10, t4 5)")
     q.add_argument("--evaluations", type=int, default=3, help="quality measurements along the way")
     q.add_argument("--num-samples", dest="num_samples", type=int, default=200)
     q.add_argument("--guidance", type=float, default=None, help="default: the recommended one (2 when conditional)")
     q.add_argument("--no-peer", dest="peer", action="store_false", help="only the course's UNet")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--out", default="benchmarks", help="folder for training.md and training.json")
-    q.set_defaults(func=cmd_benchmark_training)
 
-    q = bsub.add_parser("throughput", help="training img/s and achieved FLOP/s against the measured peak, "
-                        "for the profile, each --switch, and a diffusers UNet2DModel in the same loop")
-    q.add_argument("--profile", choices=list(PROFILES), default=None)
+    q = _benchmark_parser(bsub, "throughput", "training img/s and achieved FLOP/s against the measured peak, for "
+                          "the profile, each --switch, and a diffusers UNet2DModel in the same loop",
+                          cmd_benchmark_throughput, "throughput.md")
     q.add_argument("--steps", type=int, default=20, help="training steps per round and row")
     q.add_argument("--rounds", type=int, default=4, help="interleaved rounds; the first is left out as warm-up")
     q.add_argument("--switch", action="append", type=parse_override, metavar="KEY=VALUE",
@@ -205,23 +212,17 @@ def add_commands(sub) -> None:
     q.add_argument("--no-peer", dest="peer", action="store_false", help="only the course's UNet")
     q.add_argument("--profiler", type=int, default=0, metavar="STEPS",
                    help="also print torch.profiler's table of STEPS steps of the profile (where the time goes)")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--out", default="benchmarks", help="folder for throughput.md")
-    q.set_defaults(func=cmd_benchmark_throughput)
 
-    q = bsub.add_parser("recipe", help="train the profile and each --variant from scratch, per seed, and "
-                        "judge each with the offline evaluator: one table (each row is a full training)")
-    q.add_argument("--profile", choices=list(PROFILES), default=None)
+    q = _benchmark_parser(bsub, "recipe", "train the profile and each --variant from scratch, per seed, and judge "
+                          "each with the offline evaluator: one table (each row is a full training)",
+                          cmd_benchmark_recipe, "recipe.md and recipe.json")
     q.add_argument("--variant", action="append", type=parse_variant, metavar="KEY=VALUE[,KEY=VALUE]",
                    help="a recipe to compare with the profile as it is, e.g. --variant lr_schedule=cosine "
                    "--variant batch_size=128,lr=0.002 (a row each)")
     q.add_argument("--seeds", type=int, nargs="+", default=[0])
     q.add_argument("--num-samples", dest="num_samples", type=int, default=1000)
     q.add_argument("--guidance", type=float, default=None, help="default: the recommended one (2 when conditional)")
-    q.add_argument("--device", default="auto")
     q.add_argument("--runs", default="runs/recipe", help="folder for the checkpoints (a rerun resumes them)")
-    q.add_argument("--out", default="benchmarks", help="folder for recipe.md and recipe.json")
-    q.set_defaults(func=cmd_benchmark_recipe)
 
     p = sub.add_parser("profiles", help="list the training profiles (model size, steps, budget)")
     p.add_argument("--measure", type=int, default=0, metavar="STEPS",
