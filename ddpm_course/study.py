@@ -4,9 +4,9 @@
 timesteps=stratified --seeds 0 1`` trains the profile as it is and the profile with each variant's
 changes (a variant is one or more ``KEY=VALUE`` joined by commas), for each seed, one after the other
 on the same machine, and judges every final EMA model with :func:`evaluate_checkpoint` (the one judge:
-N samples, the recommended sampler, the same guidance for all). One table: training seconds and
-images/s (measured in the same run as the quality), FID ratio and label accuracy per seed, and
-their means. Every row costs one full training: run it alone on the machine.
+N samples, the recommended sampler and guidance). One table: training seconds and images/s (from the
+checkpoint's training time; a resumed run adds up its parts), FID ratio and label accuracy per seed,
+and their means. Every row costs one full training: run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -71,19 +71,19 @@ def _slug(name: str) -> str:
 
 def recipe_table(rows: list, profile: str, num_samples: int) -> str:
     """Markdown: one row per recipe with each seed's numbers and the means."""
-    guidance = rows[0].runs[0]["guidance_scale"]
     lines = [
-        f"Profile `{profile}`; each recipe trained from scratch and judged at N = {num_samples}, guidance "
-        f"{guidance}, the recommended sampler; FID ratio = FID / real-data floor (1 = real).",
+        f"Profile `{profile}`; each recipe trained from scratch and judged at N = {num_samples} with the "
+        "recommended sampler; FID ratio = FID / real-data floor (1 = real).",
         "",
-        "| recipe | seeds | train seconds (mean) | train img/s (mean) | FID ratio per seed | FID ratio (mean) "
-        "| label accuracy (mean) |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | seeds | guidance | train seconds (mean) | train img/s (mean) | FID ratio per seed "
+        "| FID ratio (mean) | label accuracy (mean) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         acc = row.mean("accuracy")
         per_seed = " / ".join(f"{r['fid_ratio']:.2f}" for r in row.runs)
-        lines.append(f"| {row.name} | {len(row.runs)} | {row.mean('train_seconds'):.0f} | "
+        guidance = "/".join(sorted({f"{r['guidance_scale']:g}" for r in row.runs}))
+        lines.append(f"| {row.name} | {len(row.runs)} | {guidance} | {row.mean('train_seconds'):.0f} | "
                      f"{row.mean('images_per_second'):.0f} | {per_seed} | {row.mean('fid_ratio'):.2f} | "
                      f"{'-' if acc is None else f'{100 * acc:.1f}%'} |")
     return "\n".join(lines)
