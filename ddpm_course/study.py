@@ -87,3 +87,15 @@ def recipe_table(rows: list, profile: str, num_samples: int) -> str:
                      f"{row.mean('images_per_second'):.0f} | {per_seed} | {row.mean('fid_ratio'):.2f} | "
                      f"{'-' if acc is None else f'{100 * acc:.1f}%'} |")
     return "\n".join(lines)
+
+
+def write_recipe_study(rows: list, profile: str, num_samples: int, out) -> str:
+    """Write ``out/recipe.md`` (:func:`recipe_table`) and ``out/recipe.json``; return the table."""
+    from .files import atomic_write_json, atomic_write_text
+
+    table = recipe_table(rows, profile, num_samples)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "recipe.md", table + "\n")
+    atomic_write_json(out / "recipe.json", [{"recipe": r.name, "runs": r.runs} for r in rows])
+    return table

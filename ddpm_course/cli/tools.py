@@ -17,9 +17,9 @@ from ..benchmark import (
 )
 from ..checkpoints import load_checkpoint
 from ..config import PROFILES, default_profile_name, get_profile, profile_info
-from ..devices import resolve_device, resolve_precision
+from ..devices import resolve_device
 from ..evaluation import evaluate_checkpoint, format_report
-from ..files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json
 from ..pretrained import PRETRAINED, add_evaluation, cards_table, export_pretrained, write_card
 from .models import parse_override
 
@@ -44,29 +44,13 @@ def cmd_benchmark_training(args) -> int:
 
 
 def cmd_benchmark_throughput(args) -> int:
-    import torch
-
-    from ..throughput import benchmark_throughput, peak_matmul_flops, profiler_table, throughput_table
+    from ..throughput import run_throughput_benchmark
 
     name = args.profile or default_profile_name()
     config = get_profile(name).with_overrides([("device", args.device)] + (args.set or []))
-    for key, value in args.switch or []:
-        config.with_overrides([(key, value)])            # every switch checked before anything is timed
-    device = resolve_device(config.device)
-    dtype = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}[resolve_precision(config.mixed_precision, device)]
-    peak = peak_matmul_flops(device, dtype=getattr(torch, dtype))
-    print(f"Peak: {peak / 1e9:.1f} GFLOP/s (2048x2048 {dtype} matrix multiply on {device})", flush=True)
-    rows = benchmark_throughput(config, steps=args.steps, rounds=args.rounds, switches=args.switch or [],
-                                peer=args.peer, log=lambda line: print(line, flush=True))
-    table = throughput_table(rows, config, name, peak, device, dtype)
-    if args.profiler:
-        table += (f"\n\nWhere the time of {args.profiler} training steps of the profile goes "
-                  f"(torch.profiler, operators by their own time):\n\n```\n"
-                  f"{profiler_table(config, args.profiler)}\n```")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "throughput.md", table + "\n")
-    print(f"\n{table}\n\nWrote {out / 'throughput.md'}")
+    run_throughput_benchmark(config, name, steps=args.steps, rounds=args.rounds, switches=args.switch or [],
+                             peer=args.peer, profiler_steps=args.profiler, out=args.out,
+                             log=lambda line: print(line, flush=True))
     return 0
 
 
@@ -83,19 +67,15 @@ def parse_variant(text: str) -> tuple:
 
 
 def cmd_benchmark_recipe(args) -> int:
-    from ..study import recipe_table, run_recipe_study
+    from ..study import run_recipe_study, write_recipe_study
 
     name = args.profile or default_profile_name()
     config = get_profile(name).with_overrides([("device", args.device)])
     rows = run_recipe_study(config, args.variant or [], seeds=args.seeds, num_samples=args.num_samples,
                             guidance_scale=args.guidance, out_dir=args.runs,
                             log=lambda *a, **k: print(*a, flush=True))
-    table = recipe_table(rows, name, args.num_samples)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "recipe.md", table + "\n")
-    atomic_write_json(out / "recipe.json", [{"recipe": r.name, "runs": r.runs} for r in rows])
-    print(f"\n{table}\n\nWrote {out / 'recipe.md'} and {out / 'recipe.json'}")
+    table = write_recipe_study(rows, name, args.num_samples, args.out)
+    print(f"\n{table}\n\nWrote {Path(args.out) / 'recipe.md'} and {Path(args.out) / 'recipe.json'}")
     return 0
 
 
