@@ -26,9 +26,12 @@ from .training import train
 class RecipeRow:
     """One recipe: its changes to the profile and, per seed, the training time and the quality."""
 
-    name: str
-    changes: tuple
+    changes: tuple                             # ((key, value), ...); () is the profile as it is
     runs: list = field(default_factory=list)   # dicts: seed, train_seconds, images_per_second, fid_ratio, accuracy
+
+    @property
+    def name(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.changes) or "baseline"
 
     def mean(self, key: str):
         values = [r[key] for r in self.runs if r[key] is not None]
@@ -46,8 +49,7 @@ def run_recipe_study(config: TrainConfig, variants=(), *, seeds=(0,), num_sample
     check_int("num_samples", num_samples, minimum=10)
     if not seeds:
         raise ValueError("seeds must name at least one seed, got none")
-    rows = [RecipeRow("baseline", ())] + [
-        RecipeRow(", ".join(f"{k}={v}" for k, v in changes), tuple(changes)) for changes in variants]
+    rows = [RecipeRow(())] + [RecipeRow(tuple(changes)) for changes in variants]
     plans = [(row, config.with_overrides(list(row.changes))) for row in rows]   # every variant checked first
     for row, cfg in plans:
         for seed in seeds:

@@ -172,19 +172,18 @@ def throughput_table(rows: list, config: TrainConfig, profile: str, peak: float,
 
 def run_throughput_benchmark(config: TrainConfig, profile: str, *, steps: int = 20, rounds: int = 4, switches=(),
                              peer: bool = True, profiler_steps: int = 0, out="benchmarks", log=print) -> str:
-    """``benchmark throughput``: check every switch, time the peak in the training's precision, then
-    the rows (:func:`benchmark_throughput`); with ``profiler_steps``, add :func:`profiler_table`.
+    """``benchmark throughput``: the rows (:func:`benchmark_throughput`, which checks every switch
+    before timing anything), then the peak in the training's precision in the same run; with
+    ``profiler_steps``, add :func:`profiler_table`.
     Writes ``out/throughput.md``, logs the table and returns it."""
     from .devices import resolve_device, resolve_precision
     from .files import atomic_write_text
 
-    for key, value in switches:
-        config.with_overrides([(key, value)])            # every switch checked before anything is timed
+    rows = benchmark_throughput(config, steps=steps, rounds=rounds, switches=switches, peer=peer, log=log)
     device = resolve_device(config.device)
     dtype = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}[resolve_precision(config.mixed_precision, device)]
     peak = peak_matmul_flops(device, dtype=getattr(torch, dtype))
     log(f"Peak: {peak / 1e9:.1f} GFLOP/s (2048x2048 {dtype} matrix multiplies on {device})")
-    rows = benchmark_throughput(config, steps=steps, rounds=rounds, switches=switches, peer=peer, log=log)
     table = throughput_table(rows, config, profile, peak, device, dtype)
     if profiler_steps:
         table += (f"\n\nWhere the time of {profiler_steps} training steps of the profile goes "
