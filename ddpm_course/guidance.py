@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_labels, describe
+from .targets import model_prediction, to_epsilon
 
 
 def guidance_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -60,13 +61,24 @@ def prepare_labels(labels, batch_size: int, device, model) -> torch.Tensor | Non
 
 
 def predict_noise(model, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
-                  guidance_scale: float = 1.0) -> torch.Tensor:
+                  guidance_scale: float = 1.0, schedule=None) -> torch.Tensor:
     """The (guided) noise prediction eps used by every sampler.
 
     Without labels: model(x_t, t). With labels and guidance_scale == 1: model(x_t, t, labels), a
     single pass. Otherwise the conditional and unconditional predictions come from one batched
-    pass of size 2B and are combined with :func:`guidance_combine`.
+    pass of size 2B and are combined with :func:`guidance_combine`. A model that predicts v or x0
+    (``UNetConfig.prediction``) has its output turned into eps with ``schedule`` (a NoiseSchedule,
+    required then); mixing before converting is the same, as the conversion is affine in the output.
     """
+    prediction = model_prediction(model)
+    if prediction != "eps" and schedule is None:
+        raise ValueError(f"the model predicts {prediction!r} (UNetConfig.prediction), so predict_noise needs "
+                         "schedule= to turn its output into the noise")
+    output = _guided_output(model, x_t, t, labels, guidance_scale)
+    return output if prediction == "eps" else to_epsilon(schedule, x_t, t, output.float(), prediction)
+
+
+def _guided_output(model, x_t, t, labels, guidance_scale):
     if labels is None:
         return model(x_t, t)
     if guidance_scale == 1.0:
@@ -74,6 +86,6 @@ def predict_noise(model, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tenso
     null = torch.full_like(labels, null_label(model))
     if guidance_scale == 0.0:
         return model(x_t, t, null)
-    eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
-    eps_cond, eps_uncond = eps.chunk(2)
-    return guidance_combine(eps_uncond, eps_cond, guidance_scale)
+    out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+    out_cond, out_uncond = out.chunk(2)
+    return guidance_combine(out_uncond, out_cond, guidance_scale)

@@ -3,7 +3,8 @@
     t ~ Uniform{0, ..., T-1},  eps ~ N(0, I),  x_t = sqrt(a-bar_t) x0 + sqrt(1 - a-bar_t) eps
     loss = || eps - eps_theta(x_t, t) ||^2          ("simple" loss, DDPM eq. 14)
 
-MSE is the default; L1 is an option.
+MSE is the default; L1 is an option. A model built to predict v or x0 instead
+(``UNetConfig.prediction``) is compared with that target (:mod:`ddpm_course.targets`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ._checks import check_choice, check_float, check_image_batch, check_int, ch
 from .config import LOSS_TYPES, TIMESTEP_SAMPLERS
 from .guidance import model_num_classes, null_label
 from .schedules import NoiseSchedule
+from .targets import PREDICTIONS, model_prediction, training_target
 
 
 class NoisedBatch(NamedTuple):
@@ -65,14 +67,19 @@ def drop_labels(labels: torch.Tensor, p_uncond: float, null_label: int,
     return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
-def min_snr_weights(schedule: NoiseSchedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): min(SNR_t, gamma) / SNR_t.
+def min_snr_weights(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, prediction: str = "eps") -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for a loss on ``prediction``'s target.
 
-    t: long (B,) -> (B,) float in (0, 1]: 1 for noisy steps (SNR <= gamma), less for nearly clean
-    ones, whose easy, conflicting gradients otherwise slow training down.
+    Min-SNR weights the x0 error by min(SNR_t, gamma): nearly clean steps, whose easy, conflicting
+    gradients otherwise slow training down, count less. Since, for the same x_t, the x0 error is
+    the eps error / SNR_t and the v error is the eps error * (1 + SNR_t) / SNR_t, the weights are
+    eps: min(SNR, gamma) / SNR (in (0, 1], 1 for noisy steps); v: min(SNR, gamma) / (SNR + 1);
+    x0: min(SNR, gamma). t: long (B,) -> (B,) float.
     """
+    check_choice("prediction", prediction, PREDICTIONS)
     snr = schedule.snr.to(t.device)[t]
-    return snr.clamp(max=gamma) / snr
+    clipped = snr.clamp(max=gamma)
+    return {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[prediction]
 
 
 def epsilon_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
@@ -81,24 +88,29 @@ def epsilon_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tens
 
     x0, noise: (B, C, H, W); t: long (B,); labels: long (B,) or None. Returns a scalar tensor
     (float32 whatever the model's precision). ``loss_type="l1"`` takes absolute errors instead.
+    A model that predicts v or x0 (``UNetConfig.prediction``) is compared with that target instead
+    (:func:`ddpm_course.targets.training_target`).
     """
-    per_image = epsilon_errors(model, schedule, x0, t, noise, labels, loss_type=loss_type)
+    per_image = prediction_errors(model, schedule, x0, t, noise, labels, loss_type=loss_type)
     return per_image.mean()
 
 
-def epsilon_errors(model, schedule: NoiseSchedule, x0, t, noise, labels=None, *, loss_type: str = "mse"):
-    """The per-image mean error of :func:`epsilon_loss`: (B,) float32."""
+def prediction_errors(model, schedule: NoiseSchedule, x0, t, noise, labels=None, *, loss_type: str = "mse"):
+    """The per-image mean error of :func:`epsilon_loss` between the model's output and its target
+    (the noise, v or x0, as the model predicts): (B,) float32."""
     x_t = schedule.add_noise(x0, noise, t)
-    eps = model(x_t, t) if labels is None else model(x_t, t, labels)
+    output = model(x_t, t) if labels is None else model(x_t, t, labels)
+    target = training_target(schedule, x0, noise, t, model_prediction(model))
     error = F.mse_loss if loss_type == "mse" else F.l1_loss
-    return error(eps.float(), noise.float(), reduction="none").flatten(1).mean(1)
+    return error(output.float(), target.float(), reduction="none").flatten(1).mean(1)
 
 
 def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, labels: torch.Tensor | None = None, *,
                    loss_type: str = "mse", p_uncond: float = 0.0, min_snr_gamma: float | None = None,
                    timesteps: str = "uniform", generator: torch.Generator | None = None,
                    shard: tuple | None = None) -> torch.Tensor:
-    """The epsilon-prediction loss on one batch (a scalar tensor).
+    """The diffusion loss on one batch (a scalar tensor): the model's output against its target
+    (the noise for DDPM's eps models; v or x0 for models that predict those).
 
     x0: (B, C, H, W) in [-1, 1]; labels: long (B,) for a conditional model, else None;
     p_uncond: probability of replacing a label by "no label" (for classifier-free guidance);
@@ -120,8 +132,8 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, labels: tor
             labels = drop_labels(labels, p_uncond, null_label(model), generator)
     part = slice(*shard) if shard is not None else slice(None)
     t = batch.t[part]
-    per_image = epsilon_errors(model, schedule, x0[part], t, batch.noise[part],
-                               labels[part] if labels is not None else None, loss_type=loss_type)
+    per_image = prediction_errors(model, schedule, x0[part], t, batch.noise[part],
+                                  labels[part] if labels is not None else None, loss_type=loss_type)
     if min_snr_gamma is None:
         return per_image.mean()
-    return (min_snr_weights(schedule, t, min_snr_gamma) * per_image).mean()
+    return (min_snr_weights(schedule, t, min_snr_gamma, model_prediction(model)) * per_image).mean()

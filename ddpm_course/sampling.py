@@ -259,7 +259,7 @@ def sample_ddpm(model, schedule: NoiseSchedule, shape, *, labels=None, guidance_
     with eval_mode(model):
         for i, t in enumerate(tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not progress)):
             t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
-            eps = predict_noise(model, x, t_batch, labels, guidance_scale).float()
+            eps = predict_noise(model, x, t_batch, labels, guidance_scale, schedule).float()
             noise = randn(shape, generator, device) if t > 0 else None
             x_prev, x0 = ddpm_step(schedule, x, t, eps, noise=noise, clip_x0=clip_x0, variance=variance)
             if callback is not None:
@@ -289,7 +289,7 @@ def sample_ddim(model, schedule: NoiseSchedule, shape, *, steps: int = 50, eta: 
         for i, t in enumerate(tqdm(timesteps, desc="DDIM", disable=not progress)):
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
-            eps = predict_noise(model, x, t_batch, labels, guidance_scale).float()
+            eps = predict_noise(model, x, t_batch, labels, guidance_scale, schedule).float()
             noise = randn(shape, generator, device) if eta > 0 and t_prev >= 0 else None
             x_prev, x0 = ddim_step(schedule, x, t, t_prev, eps, eta=eta, noise=noise, clip_x0=clip_x0)
             if callback is not None:
@@ -321,7 +321,7 @@ def sample_dpm_solver(model, schedule: NoiseSchedule, shape, *, steps: int = 20,
         for i, t in enumerate(tqdm(timesteps, desc="DPM-Solver++", disable=not progress)):
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
-            eps = predict_noise(model, x, t_batch, labels, guidance_scale).float()
+            eps = predict_noise(model, x, t_batch, labels, guidance_scale, schedule).float()
             x_prev, x0 = dpm_solver_step(schedule, x, t, t_prev, eps, clip_x0=clip_x0, **earlier)
             if callback is not None:
                 callback(i, t, x, x0)

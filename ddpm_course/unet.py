@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ._checks import check_image_batch, check_labels, check_timesteps, describe
+from ._checks import check_choice, check_image_batch, check_labels, check_timesteps, describe
+from .targets import PREDICTIONS
 
 MAX_PARAMETERS = 2_000_000_000   # a config asking for more is refused before allocation (8 GB in float32)
 MAX_IMAGE_SIZE = 1024
@@ -40,6 +41,7 @@ class UNetConfig:
     attention_heads: int = 4         # heads in each self-attention layer
     dropout: float = 0.0             # dropout inside residual blocks; 0.1 helps long runs
     num_classes: int | None = None   # None = unconditional; 10 for class-conditional digits
+    prediction: str = "eps"          # the output: "eps" (the noise, DDPM), "v" or "x0" (ddpm_course.targets)
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)
@@ -81,6 +83,7 @@ class UNetConfig:
             or self.num_classes < 1
         ):
             raise ValueError(f"UNetConfig.num_classes must be None or a positive int, got {self.num_classes!r}")
+        check_choice("UNetConfig.prediction", self.prediction, PREDICTIONS)
         widest, params = self.base_channels * max(self.channel_mults), self.approx_parameters()
         if params > MAX_PARAMETERS or self.image_size > MAX_IMAGE_SIZE:
             raise ValueError(
@@ -261,8 +264,9 @@ class UNet(nn.Module):
 
     forward(x_t, t, y=None): x_t (B, C, H, W) in roughly [-1, 1] scaled by the schedule; t long
     (B,) in [0, T - 1]; y long (B,) in [0, num_classes] (``num_classes`` = "no label") or None.
-    Returns the predicted noise, (B, C, H, W). A conditional model called without ``y`` uses the
-    "no label" token, i.e. it predicts unconditionally.
+    Returns the predicted noise, (B, C, H, W) (or v or x0 when ``config.prediction`` says so; the
+    samplers convert, :mod:`ddpm_course.targets`). A conditional model called without ``y`` uses
+    the "no label" token, i.e. it predicts unconditionally.
     """
 
     def __init__(self, config: UNetConfig | None = None, **kwargs):
