@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_choice
+from ._checks import check_choice, check_float
 from .assets import asset_paths, file_sha256, read_card, verified_card
 from .checkpoints import PRETRAINED_FORMAT, Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from .config import TrainConfig, recommended_sampling
 from .devices import describe_machine
 from .files import atomic_write_json
 
@@ -30,10 +31,22 @@ def pretrained_paths(name: str, assets=None) -> tuple:
     return asset_paths(f"pretrained-{name}", assets)
 
 
-def export_pretrained(checkpoint, name: str, *, command: str, assets=None) -> Path:
+def export_pretrained(checkpoint, name: str, *, command: str, assets=None,
+                      guidance_scale: float | None = None) -> Path:
     """Write the EMA weights of ``checkpoint`` (float16), its config and sampling settings as
-    ``pretrained-NAME.pt``. Returns the path; :func:`write_card` adds the card once it is evaluated."""
+    ``pretrained-NAME.pt``. Returns the path; :func:`write_card` adds the card once it is evaluated.
+
+    guidance_scale: the classifier-free guidance the shipped model recommends (what every command
+    and notebook samples it with by default); None keeps the checkpoint's. Conditional models only.
+    """
     state = read_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(state["config"])
+    sampling = dict(state.get("sampling") or recommended_sampling(config.model.num_classes))
+    if guidance_scale is not None:
+        if config.model.num_classes is None:
+            raise ValueError(f"guidance_scale={guidance_scale} was given, but {checkpoint} is an unconditional model "
+                             "(no labels to guide with); leave it out")
+        sampling["guidance_scale"] = check_float("guidance_scale", guidance_scale, minimum=0.0)
     weights, _ = pretrained_paths(name, assets)
     payload = {
         "format": PRETRAINED_FORMAT,
@@ -43,8 +56,7 @@ def export_pretrained(checkpoint, name: str, *, command: str, assets=None) -> Pa
         "history": state.get("history", []),
         "info": {**state.get("info", {}), "command": command},
     }
-    if state.get("sampling"):
-        payload["sampling"] = state["sampling"]
+    payload["sampling"] = sampling
     return save_checkpoint(payload, weights)
 
 

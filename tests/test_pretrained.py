@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -29,6 +30,14 @@ def test_export_and_load_round_trip(tiny_config, tmp_path):
         load_pretrained("mnist-cond", assets=tmp_path)
     with pytest.raises(ValueError, match="name must be one of"):
         load_pretrained("cifar")
+    # the export may set the guidance the shipped model recommends; an unconditional one has none
+    export_pretrained(ckpt_path, "mnist-cond", command="train ...", assets=tmp_path, guidance_scale=1.5)
+    write_card("mnist-cond", evaluation, assets=tmp_path)
+    assert load_pretrained("mnist-cond", assets=tmp_path).sampling["guidance_scale"] == 1.5
+    uncond = train(tiny_config.replace(model=replace(tiny_config.model, num_classes=None), p_uncond=0.0, max_steps=1,
+                                       out_dir=str(tmp_path / "uncond")), progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="guidance_scale=1.5 was given, but .* is an unconditional model"):
+        export_pretrained(uncond, "mnist-uncond", command="train ...", assets=tmp_path, guidance_scale=1.5)
 
 
 @pytest.mark.parametrize("name", PRETRAINED)

@@ -92,9 +92,8 @@ def cmd_evaluator(args) -> int:
 
 
 def cmd_pretrained(args) -> int:
-    path = export_pretrained(args.checkpoint, args.name, command=args.command)
-    result = evaluate_checkpoint(load_checkpoint(path, resolve_device(args.device)), num_samples=args.num_samples,
-                                 guidance_scale=args.guidance)
+    path = export_pretrained(args.checkpoint, args.name, command=args.command, guidance_scale=args.guidance)
+    result = evaluate_checkpoint(load_checkpoint(path, resolve_device(args.device)), num_samples=args.num_samples)
     print(format_report(result))
     card = write_card(args.name, result, note=args.note)
     print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and its card (sha256 {card['sha256'][:12]}...)")
@@ -228,7 +227,8 @@ def add_commands(sub) -> None:
     q.add_argument("--name", choices=list(PRETRAINED), required=True)
     q.add_argument("--command", required=True, help="the exact command that trained the checkpoint")
     q.add_argument("--num-samples", dest="num_samples", type=int, default=1000)
-    q.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's recommendation")
+    q.add_argument("--guidance", type=float, default=None,
+                   help="the guidance the shipped model recommends and is evaluated at (default: the checkpoint's)")
     q.add_argument("--device", default="auto")
     q.add_argument("--note", default=None, help="anything a reader of the card should know")
     q.set_defaults(func=cmd_pretrained)
