@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_labels, describe
+from .schedules import NoiseSchedule
 from .targets import model_prediction, to_epsilon
 
 
@@ -67,15 +68,16 @@ def predict_noise(model, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tenso
     Without labels: model(x_t, t). With labels and guidance_scale == 1: model(x_t, t, labels), a
     single pass. Otherwise the conditional and unconditional predictions come from one batched
     pass of size 2B and are combined with :func:`guidance_combine`. A model that predicts v or x0
-    (``UNetConfig.prediction``) has its output turned into eps with ``schedule`` (a NoiseSchedule,
-    required then); mixing before converting is the same, as the conversion is affine in the output.
+    (``UNetConfig.prediction``) has its output turned into eps with ``schedule``, the NoiseSchedule
+    it was trained with (required then, and not a ``respaced`` one: t indexes it); mixing before
+    converting is the same, as the conversion is affine in the output.
     """
     prediction = model_prediction(model)
-    if prediction != "eps" and schedule is None:
-        raise ValueError(f"the model predicts {prediction!r} (UNetConfig.prediction), so predict_noise needs "
-                         "schedule= to turn its output into the noise")
+    if prediction != "eps" and not isinstance(schedule, NoiseSchedule):
+        raise ValueError(f"schedule must be the model's training NoiseSchedule when the model predicts {prediction!r} "
+                         f"(UNetConfig.prediction), to turn its output into the noise; got {describe(schedule)}")
     output = _guided_output(model, x_t, t, labels, guidance_scale)
-    return output if prediction == "eps" else to_epsilon(schedule, x_t, t, output.float(), prediction)
+    return output if prediction == "eps" else to_epsilon(schedule, x_t.float(), t, output.float(), prediction)
 
 
 def _guided_output(model, x_t, t, labels, guidance_scale):

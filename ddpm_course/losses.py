@@ -74,7 +74,8 @@ def min_snr_weights(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, pred
     gradients otherwise slow training down, count less. Since, for the same x_t, the x0 error is
     the eps error / SNR_t and the v error is the eps error * (1 + SNR_t) / SNR_t, the weights are
     eps: min(SNR, gamma) / SNR (in (0, 1], 1 for noisy steps); v: min(SNR, gamma) / (SNR + 1);
-    x0: min(SNR, gamma). t: long (B,) -> (B,) float.
+    x0: min(SNR, gamma). t: long (B,) -> (B,) float. (These equalities hold for squared errors;
+    with ``loss_type="l1"`` the three weightings are not the same weighting.)
     """
     check_choice("prediction", prediction, PREDICTIONS)
     snr = schedule.snr.to(t.device)[t]

@@ -42,8 +42,8 @@ def model_prediction(model) -> str:
             continue
         for source in (getattr(obj, "config", None), obj):
             value = getattr(source, "prediction", None) if source is not None else None
-            if isinstance(value, str):
-                check_choice("prediction", value, PREDICTIONS)
+            if value is not None:
+                check_choice(f"{type(source).__name__}.prediction", value, PREDICTIONS)
                 return value
     return "eps"
 

@@ -57,10 +57,13 @@ def test_the_loss_compares_the_output_with_the_models_own_target(prediction):
     assert model_prediction(model) == prediction
     x0 = torch.rand(4, 1, 28, 28) * 2 - 1
     loss = diffusion_loss(model, s, x0, generator=torch.Generator().manual_seed(0))
+    weighted = diffusion_loss(model, s, x0, min_snr_gamma=5.0, generator=torch.Generator().manual_seed(0))
     batch = noise_batch(s, x0, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        by_hand = (model(batch.x_t, batch.t) - training_target(s, x0, batch.noise, batch.t, prediction)).pow(2).mean()
-    torch.testing.assert_close(loss.detach(), by_hand)
+        errors = (model(batch.x_t, batch.t) - training_target(s, x0, batch.noise, batch.t, prediction)).pow(2)
+    per_image = errors.flatten(1).mean(1)
+    torch.testing.assert_close(loss.detach(), per_image.mean())
+    torch.testing.assert_close(weighted.detach(), (min_snr_weights(s, batch.t, 5.0, prediction) * per_image).mean())
 
 
 def _as(prediction, eps_fn, s):
@@ -97,8 +100,18 @@ def test_bad_predictions_are_refused_by_name():
         UNetConfig(prediction="noise")
     assert UNetConfig.from_dict({"base_channels": 8}).prediction == "eps"   # checkpoints from before the field
     v_model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(), prediction="v"))
-    with pytest.raises(ValueError, match="predicts 'v'.*needs schedule="):
+    with pytest.raises(ValueError, match="schedule must be the model's training NoiseSchedule when the model "
+                                         "predicts 'v'.*got None"):
         predict_noise(v_model, torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long), None)
+
+    def odd(x_t, t):
+        return x_t
+    odd.prediction = "score"
+    with pytest.raises(ValueError, match=r"function.prediction must be one of \['eps', 'v', 'x0'\], got 'score'"):
+        model_prediction(odd)
+    wrapped = torch.nn.Module()
+    wrapped.module = v_model       # as DistributedDataParallel holds it
+    assert model_prediction(wrapped) == "v"
 
 
 def test_a_v_model_trains_resumes_and_samples_from_its_checkpoint(tiny_config):
@@ -114,3 +127,15 @@ def test_a_v_model_trains_resumes_and_samples_from_its_checkpoint(tiny_config):
     x = sample(ckpt.ema_model, ckpt.schedule, (3, 1, 28, 28), sampler="ddim", steps=4, labels=torch.tensor([0, 1, 2]),
                guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert x.shape == (3, 1, 28, 28) and torch.isfinite(x).all()
+
+
+def test_the_notebooks_refuse_a_model_that_does_not_predict_the_noise(tiny_config, tmp_path):
+    from dataclasses import replace
+
+    from ddpm_course import train
+    from ddpm_course.course import course_model, settings_for
+
+    config = tiny_config.replace(model=replace(tiny_config.model, prediction="x0"), max_steps=1)
+    path = train(config, progress=False, log=lambda *_: None)
+    with pytest.raises(ValueError, match="predicts 'x0' .*write their samplers around a noise predictor"):
+        course_model(settings_for("cpu", device="cpu"), path=path)

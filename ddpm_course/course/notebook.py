@@ -110,6 +110,10 @@ def course_model(settings: CourseSettings, *, path=None, run: str = "03_training
     found = next((c for c in candidates if c.exists()), None)
     if not settings.quick and found is not None:
         ckpt = load_checkpoint(found, settings.device)
+        if ckpt.config.model.prediction != "eps":
+            raise ValueError(f"{found} predicts {ckpt.config.model.prediction!r} (model.prediction), but the notebooks "
+                             "write their samplers around a noise predictor: train it with model.prediction='eps', or "
+                             "sample it with ddpm_course.sample, which converts")
         where = "Google Drive" if folder is not None and found == folder / local else "disk"
         print(f"Using your model from notebook {run[:2]} on {where}: {found} (step {ckpt.step}); "
               f"{describe_model(ckpt)}.")
