@@ -35,9 +35,10 @@ PREDICTIONS = ("eps", "v", "x0")
 
 
 def model_prediction(model) -> str:
-    """What ``model`` predicts: its ``config.prediction`` (a UNet, or a wrapper with ``.module``),
-    or its own ``prediction`` attribute, else "eps" (the API's calling convention)."""
-    for obj in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
+    """What ``model`` predicts: its ``config.prediction`` (a UNet, a torch.compile'd one, whose
+    attributes are the UNet's, or a wrapper with ``.module`` such as DistributedDataParallel), or
+    its own ``prediction`` attribute, else "eps" (the API's calling convention)."""
+    for obj in (model, getattr(model, "module", None)):
         if obj is None:
             continue
         for source in (getattr(obj, "config", None), obj):
