@@ -39,12 +39,14 @@ class RecipeRow:
 
 
 def run_recipe_study(config: TrainConfig, variants=(), *, seeds=(0,), num_samples: int = 1000,
-                     guidance_scale: float | None = None, out_dir="runs/recipe", log=print) -> list:
+                     guidance_scale: float | None = None, out_dir="runs/recipe", log=print,
+                     on_run=None) -> list:
     """Train and evaluate the baseline ``config`` and each variant for each seed; return [RecipeRow].
 
     variants: a sequence of ``((key, value), ...)`` changes, validated as ``train --set`` is, before
     any training starts. Checkpoints go to ``out_dir/NAME-seedS`` (an existing one is resumed, so an
-    interrupted study continues where it stopped).
+    interrupted study continues where it stopped). ``on_run(rows)``, if given, is called after each
+    judged run (e.g. to write the table so far: a study stopped midway keeps what it measured).
     """
     check_int("num_samples", num_samples, minimum=10)
     if not seeds:
@@ -64,6 +66,8 @@ def run_recipe_study(config: TrainConfig, variants=(), *, seeds=(0,), num_sample
                              "fid_ratio": result["fid_ratio"], "accuracy": result["accuracy"],
                              "guidance_scale": result["guidance_scale"]})
             log(f"  {seconds:.0f} s of training, FID ratio {result['fid_ratio']:.2f}")
+            if on_run is not None:
+                on_run(rows)
     return rows
 
 
@@ -72,7 +76,7 @@ def _slug(name: str) -> str:
 
 
 def recipe_table(rows: list, profile: str, num_samples: int) -> str:
-    """Markdown: one row per recipe with each seed's numbers and the means."""
+    """Markdown: one row per recipe with each seed's numbers and the means (recipes not yet run are left out)."""
     lines = [
         f"Profile `{profile}`; each recipe trained from scratch and judged at N = {num_samples} with the "
         "recommended sampler; FID ratio = FID / real-data floor (1 = real).",
@@ -81,7 +85,7 @@ def recipe_table(rows: list, profile: str, num_samples: int) -> str:
         "| FID ratio (mean) | label accuracy (mean) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
+    for row in (r for r in rows if r.runs):
         acc = row.mean("accuracy")
         per_seed = " / ".join(f"{r['fid_ratio']:.2f}" for r in row.runs)
         guidance = "/".join(sorted({f"{r['guidance_scale']:g}" for r in row.runs}))

@@ -107,9 +107,13 @@ def test_recipe_study_trains_each_recipe_per_seed_and_checks_every_variant_first
         run_recipe_study(tiny_config, [(("timesteps", "stratified"),), (("lr_schedule", "linear"),)],
                          out_dir=tmp_path / "bad", log=lambda *a, **k: None)
     assert not (tmp_path / "bad").exists()          # refused before the first training
-    lines = []
+    lines, tables = [], []
     rows = run_recipe_study(tiny_config, [(("lr_schedule", "cosine"), ("timesteps", "stratified"))], seeds=(0, 1),
-                            num_samples=10, out_dir=tmp_path / "study", log=lambda *a, **k: lines.append(a[0]))
+                            num_samples=10, out_dir=tmp_path / "study", log=lambda *a, **k: lines.append(a[0]),
+                            on_run=lambda done: tables.append(recipe_table(done, "tiny", 10)))
+    assert len(tables) == 4                        # the table so far after each judged run
+    assert "| baseline | 1 |" in tables[0] and "cosine" not in tables[0]   # a recipe not yet run is left out
+    assert "| baseline | 2 |" in tables[1] and "| lr_schedule=cosine, timesteps=stratified | 1 |" in tables[2]
     assert [r.name for r in rows] == ["baseline", "lr_schedule=cosine, timesteps=stratified"]
     assert sorted(p.name for p in (tmp_path / "study").iterdir()) == [
         "baseline-seed0", "baseline-seed1", "lr_schedule_cosine__timesteps_stratified-seed0",

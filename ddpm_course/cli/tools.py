@@ -73,7 +73,8 @@ def cmd_benchmark_recipe(args) -> int:
     config = get_profile(name).with_overrides([("device", args.device)])
     rows = run_recipe_study(config, args.variant or [], seeds=args.seeds, num_samples=args.num_samples,
                             guidance_scale=args.guidance, out_dir=args.runs,
-                            log=lambda *a, **k: print(*a, flush=True))
+                            log=lambda *a, **k: print(*a, flush=True),
+                            on_run=lambda done: write_recipe_study(done, name, args.num_samples, args.out))
     table = write_recipe_study(rows, name, args.num_samples, args.out)
     print(f"\n{table}\n\nWrote {Path(args.out) / 'recipe.md'} and {Path(args.out) / 'recipe.json'}")
     return 0
