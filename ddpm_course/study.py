@@ -4,9 +4,10 @@
 timesteps=stratified --seeds 0 1`` trains the profile as it is and the profile with each variant's
 changes (a variant is one or more ``KEY=VALUE`` joined by commas), for each seed, one after the other
 on the same machine, and judges every final EMA model with :func:`evaluate_checkpoint` (the one judge:
-N samples, the recommended sampler and guidance). One table: training seconds and images/s (from the
-checkpoint's training time; a resumed run adds up its parts), FID ratio and label accuracy per seed,
-and their means. Every row costs one full training: run it alone on the machine.
+N samples, the recommended sampler, and the recommended guidance or each of ``--guidance W [W ...]``).
+One table: training seconds and images/s (from the checkpoint's training time; a resumed run adds up
+its parts), FID ratio and label accuracy per seed, and their means. Every recipe costs one full
+training: run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -27,30 +28,30 @@ class RecipeRow:
     """One recipe: its changes to the profile and, per seed, the training time and the quality."""
 
     changes: tuple                             # ((key, value), ...); () is the profile as it is
-    runs: list = field(default_factory=list)   # dicts: seed, train_seconds, images_per_second, fid_ratio, accuracy
+    runs: list = field(default_factory=list)   # dicts: seed, guidance_scale, train_seconds, images_per_second,
+                                               # fid_ratio, accuracy (one per seed and guidance scale)
 
     @property
     def name(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.changes) or "baseline"
 
-    def mean(self, key: str):
-        values = [r[key] for r in self.runs if r[key] is not None]
-        return statistics.fmean(values) if values else None
-
 
 def run_recipe_study(config: TrainConfig, variants=(), *, seeds=(0,), num_samples: int = 1000,
-                     guidance_scale: float | None = None, out_dir="runs/recipe", log=print,
-                     on_run=None) -> list:
+                     guidance_scales=(None,), out_dir="runs/recipe", log=print, on_run=None) -> list:
     """Train and evaluate the baseline ``config`` and each variant for each seed; return [RecipeRow].
 
     variants: a sequence of ``((key, value), ...)`` changes, validated as ``train --set`` is, before
-    any training starts. Checkpoints go to ``out_dir/NAME-seedS`` (an existing one is resumed, so an
-    interrupted study continues where it stopped). ``on_run(rows)``, if given, is called after each
-    judged run (e.g. to write the table so far: a study stopped midway keeps what it measured).
+    any training starts. Each trained model is judged at every scale of ``guidance_scales`` (None:
+    the checkpoint's recommended one), as the best scale moves with how well a model is trained.
+    Checkpoints go to ``out_dir/NAME-seedS`` (an existing one is resumed, so an interrupted study
+    continues where it stopped). ``on_run(rows)``, if given, is called after each judged run (e.g. to
+    write the table so far: a study stopped midway keeps what it measured).
     """
     check_int("num_samples", num_samples, minimum=10)
     if not seeds:
         raise ValueError("seeds must name at least one seed, got none")
+    if not guidance_scales:
+        raise ValueError("guidance_scales must name at least one scale (None: the recommended one), got none")
     rows = [RecipeRow(())] + [RecipeRow(tuple(changes)) for changes in variants]
     plans = [(row, config.with_overrides(list(row.changes))) for row in rows]   # every variant checked first
     for row, cfg in plans:
@@ -59,15 +60,17 @@ def run_recipe_study(config: TrainConfig, variants=(), *, seeds=(0,), num_sample
             run = cfg.replace(seed=seed, out_dir=str(folder))
             log(f"{row.name}, seed {seed}: training {run.max_steps} steps into {folder}")
             ckpt = load_checkpoint(train(run, progress=False, log=log))
-            result = evaluate_checkpoint(ckpt, num_samples=num_samples, guidance_scale=guidance_scale)
             seconds = ckpt.info["train_seconds"]
-            row.runs.append({"seed": seed, "train_seconds": seconds,
-                             "images_per_second": run.max_steps * run.batch_size / max(seconds, 1e-9),
-                             "fid_ratio": result["fid_ratio"], "accuracy": result["accuracy"],
-                             "guidance_scale": result["guidance_scale"]})
-            log(f"  {seconds:.0f} s of training, FID ratio {result['fid_ratio']:.2f}")
-            if on_run is not None:
-                on_run(rows)
+            for scale in guidance_scales:
+                result = evaluate_checkpoint(ckpt, num_samples=num_samples, guidance_scale=scale)
+                row.runs.append({"seed": seed, "train_seconds": seconds,
+                                 "images_per_second": run.max_steps * run.batch_size / max(seconds, 1e-9),
+                                 "fid_ratio": result["fid_ratio"], "accuracy": result["accuracy"],
+                                 "guidance_scale": result["guidance_scale"]})
+                log(f"  {seconds:.0f} s of training; guidance {result['guidance_scale']:g}: "
+                    f"FID ratio {result['fid_ratio']:.2f}")
+                if on_run is not None:
+                    on_run(rows)
     return rows
 
 
@@ -76,7 +79,8 @@ def _slug(name: str) -> str:
 
 
 def recipe_table(rows: list, profile: str, num_samples: int) -> str:
-    """Markdown: one row per recipe with each seed's numbers and the means (recipes not yet run are left out)."""
+    """Markdown: a line per recipe and guidance scale, with each seed's numbers and their means
+    (recipes not yet run are left out)."""
     lines = [
         f"Profile `{profile}`; each recipe trained from scratch and judged at N = {num_samples} with the "
         "recommended sampler; FID ratio = FID / real-data floor (1 = real).",
@@ -85,14 +89,22 @@ def recipe_table(rows: list, profile: str, num_samples: int) -> str:
         "| FID ratio (mean) | label accuracy (mean) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in (r for r in rows if r.runs):
-        acc = row.mean("accuracy")
-        per_seed = " / ".join(f"{r['fid_ratio']:.2f}" for r in row.runs)
-        guidance = "/".join(sorted({f"{r['guidance_scale']:g}" for r in row.runs}))
-        lines.append(f"| {row.name} | {len(row.runs)} | {guidance} | {row.mean('train_seconds'):.0f} | "
-                     f"{row.mean('images_per_second'):.0f} | {per_seed} | {row.mean('fid_ratio'):.2f} | "
-                     f"{'-' if acc is None else f'{100 * acc:.1f}%'} |")
+    for row in rows:
+        for scale in dict.fromkeys(r["guidance_scale"] for r in row.runs):   # in the order judged
+            lines.append(_table_line(row.name, [r for r in row.runs if r["guidance_scale"] == scale]))
     return "\n".join(lines)
+
+
+def _table_line(name: str, runs: list) -> str:
+    def mean(key):
+        values = [r[key] for r in runs if r[key] is not None]
+        return statistics.fmean(values) if values else None
+
+    acc = mean("accuracy")   # None for an unconditional model
+    per_seed = " / ".join(f"{r['fid_ratio']:.2f}" for r in runs)
+    return (f"| {name} | {len(runs)} | {runs[0]['guidance_scale']:g} | {mean('train_seconds'):.0f} | "
+            f"{mean('images_per_second'):.0f} | {per_seed} | {mean('fid_ratio'):.2f} | "
+            f"{'-' if acc is None else f'{100 * acc:.1f}%'} |")
 
 
 def write_recipe_study(rows: list, profile: str, num_samples: int, out) -> str:

@@ -109,20 +109,28 @@ def test_recipe_study_trains_each_recipe_per_seed_and_checks_every_variant_first
     assert not (tmp_path / "bad").exists()          # refused before the first training
     lines, tables = [], []
     rows = run_recipe_study(tiny_config, [(("lr_schedule", "cosine"), ("timesteps", "stratified"))], seeds=(0, 1),
-                            num_samples=10, out_dir=tmp_path / "study", log=lambda *a, **k: lines.append(a[0]),
+                            num_samples=10, guidance_scales=(None, 1.0), out_dir=tmp_path / "study",
+                            log=lambda *a, **k: lines.append(a[0]),
                             on_run=lambda done: tables.append(recipe_table(done, "tiny", 10)))
-    assert len(tables) == 4                        # the table so far after each judged run
-    assert "| baseline | 1 |" in tables[0] and "cosine" not in tables[0]   # a recipe not yet run is left out
-    assert "| baseline | 2 |" in tables[1] and "| lr_schedule=cosine, timesteps=stratified | 1 |" in tables[2]
     assert [r.name for r in rows] == ["baseline", "lr_schedule=cosine, timesteps=stratified"]
     assert sorted(p.name for p in (tmp_path / "study").iterdir()) == [
         "baseline-seed0", "baseline-seed1", "lr_schedule_cosine__timesteps_stratified-seed0",
         "lr_schedule_cosine__timesteps_stratified-seed1"]
+    assert sum("steps into" in line for line in lines) == 4   # one training per recipe and seed, two judgements
     for row in rows:
-        assert [r["seed"] for r in row.runs] == [0, 1]
+        assert [(r["seed"], r["guidance_scale"]) for r in row.runs] == [(0, 2.0), (0, 1.0), (1, 2.0), (1, 1.0)]
         assert all(r["fid_ratio"] > 1.5 and 0 <= r["accuracy"] <= 1 and r["train_seconds"] > 0 for r in row.runs)
-    table = recipe_table(rows, "tiny", 10)
-    assert table.count("| 2 | 2 |") == 2          # two seeds each, guidance 2 (the recommended one)
+        assert row.runs[0]["train_seconds"] == row.runs[1]["train_seconds"]   # the same model, judged twice
+    assert len(tables) == 8                        # the table so far after each judged run
+    def heads(table):                              # (recipe, seeds, guidance) of each line of a table
+        return [tuple(line.split(" | ")[:3]) for line in table.splitlines()[4:]]
+
+    assert heads(tables[0]) == [("| baseline", "1", "2")]   # a recipe not yet run is left out
+    assert heads(tables[1]) == [("| baseline", "1", "2"), ("| baseline", "1", "1")]
+    assert heads(tables[4])[-1] == ("| lr_schedule=cosine, timesteps=stratified", "1", "2")
+    name = "| lr_schedule=cosine, timesteps=stratified"
+    assert heads(recipe_table(rows, "tiny", 10)) == [
+        ("| baseline", "2", "2"), ("| baseline", "2", "1"), (name, "2", "2"), (name, "2", "1")]
     again = []
     run_recipe_study(tiny_config, seeds=(0,), num_samples=10, out_dir=tmp_path / "study",
                      log=lambda *a, **k: again.append(a[0]))

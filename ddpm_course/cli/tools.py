@@ -72,7 +72,7 @@ def cmd_benchmark_recipe(args) -> int:
     name = args.profile or default_profile_name()
     config = get_profile(name).with_overrides([("device", args.device)])
     rows = run_recipe_study(config, args.variant or [], seeds=args.seeds, num_samples=args.num_samples,
-                            guidance_scale=args.guidance, out_dir=args.runs,
+                            guidance_scales=args.guidance, out_dir=args.runs,
                             log=lambda *a, **k: print(*a, flush=True),
                             on_run=lambda done: write_recipe_study(done, name, args.num_samples, args.out))
     table = write_recipe_study(rows, name, args.num_samples, args.out)
@@ -201,7 +201,9 @@ def add_commands(sub) -> None:
                    "--variant batch_size=128,lr=0.002 (a row each)")
     q.add_argument("--seeds", type=int, nargs="+", default=[0])
     q.add_argument("--num-samples", dest="num_samples", type=int, default=1000)
-    q.add_argument("--guidance", type=float, default=None, help="default: the recommended one (2 when conditional)")
+    q.add_argument("--guidance", type=float, nargs="+", default=[None], metavar="W",
+                   help="judge each model at each of these scales (a line each; default: the recommended one, "
+                   "2 when conditional)")
     q.add_argument("--runs", default="runs/recipe", help="folder for the checkpoints (a rerun resumes them)")
 
     p = sub.add_parser("profiles", help="list the training profiles (model size, steps, budget)")
