@@ -7,11 +7,13 @@ on the same machine, and judges every final EMA model with :func:`evaluate_check
 N samples, the recommended sampler, and the recommended guidance or each of ``--guidance W [W ...]``).
 One table: training seconds and images/s (from the checkpoint's training time; a resumed run adds up
 its parts), FID ratio and label accuracy per seed, and their means. Every recipe costs one full
-training: run it alone on the machine.
+training: run it alone on the machine. A rerun resumes: trained models are not retrained, and a
+judgement already made (same step, N and guidance, kept in the run's ``judged.json``) is not redone.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from ._checks import check_int
 from .checkpoints import load_checkpoint
 from .config import TrainConfig
 from .evaluation import evaluate_checkpoint
+from .files import atomic_write_json
 from .training import train
 
 
@@ -62,16 +65,30 @@ def run_recipe_study(config: TrainConfig, variants=(), *, seeds=(0,), num_sample
             ckpt = load_checkpoint(train(run, progress=False, log=log))
             seconds = ckpt.info["train_seconds"]
             for scale in guidance_scales:
-                result = evaluate_checkpoint(ckpt, num_samples=num_samples, guidance_scale=scale)
+                result, earlier = _judge(ckpt, folder, num_samples, scale)
                 row.runs.append({"seed": seed, "train_seconds": seconds,
-                                 "images_per_second": run.max_steps * run.batch_size / max(seconds, 1e-9),
-                                 "fid_ratio": result["fid_ratio"], "accuracy": result["accuracy"],
-                                 "guidance_scale": result["guidance_scale"]})
+                                 "images_per_second": run.max_steps * run.batch_size / max(seconds, 1e-9), **result})
                 log(f"  {seconds:.0f} s of training; guidance {result['guidance_scale']:g}: "
-                    f"FID ratio {result['fid_ratio']:.2f}")
+                    f"FID ratio {result['fid_ratio']:.2f}" + (" (judged earlier)" if earlier else ""))
                 if on_run is not None:
                     on_run(rows)
     return rows
+
+
+def _judge(ckpt, folder: Path, num_samples: int, scale) -> tuple:
+    """(fid_ratio, accuracy and guidance_scale of :func:`evaluate_checkpoint` on ``ckpt`` at ``scale``,
+    whether it was judged by an earlier run): ``folder/judged.json`` keeps every judgement of the
+    run's checkpoints, keyed by step, N and the requested scale, so a resumed study judges nothing twice."""
+    path = folder / "judged.json"
+    judged = json.loads(path.read_text()) if path.exists() else []
+    key = {"step": ckpt.step, "num_samples": num_samples, "guidance_scale": scale}
+    for entry in judged:
+        if entry["key"] == key:
+            return entry["result"], True
+    full = evaluate_checkpoint(ckpt, num_samples=num_samples, guidance_scale=scale)
+    result = {k: full[k] for k in ("fid_ratio", "accuracy", "guidance_scale")}
+    atomic_write_json(path, judged + [{"key": key, "result": result}])
+    return result, False
 
 
 def _slug(name: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -132,9 +134,13 @@ def test_recipe_study_trains_each_recipe_per_seed_and_checks_every_variant_first
     assert heads(recipe_table(rows, "tiny", 10)) == [
         ("| baseline", "2", "2"), ("| baseline", "2", "1"), (name, "2", "2"), (name, "2", "1")]
     again = []
-    run_recipe_study(tiny_config, seeds=(0,), num_samples=10, out_dir=tmp_path / "study",
+    rerun = run_recipe_study(tiny_config, seeds=(0,), num_samples=10, out_dir=tmp_path / "study",
                      log=lambda *a, **k: again.append(a[0]))
     assert any("nothing to do" in line for line in again)   # an interrupted study continues, never retrains
+    assert sum("(judged earlier)" in line for line in again) == 1   # ... nor judges the same model twice
+    assert [r["fid_ratio"] for r in rerun[0].runs] == [rows[0].runs[0]["fid_ratio"]]
+    judged = json.loads((tmp_path / "study" / "baseline-seed0" / "judged.json").read_text())
+    assert [e["key"]["guidance_scale"] for e in judged] == [None, 1.0]   # the request, not the resolved scale
 
 
 def test_figures_command_writes_a_grid_per_scale_and_a_gif_per_digit(tmp_path):
