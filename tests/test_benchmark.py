@@ -135,7 +135,7 @@ def test_recipe_study_trains_each_recipe_per_seed_and_checks_every_variant_first
         ("| baseline", "2", "2"), ("| baseline", "2", "1"), (name, "2", "2"), (name, "2", "1")]
     again = []
     rerun = run_recipe_study(tiny_config, seeds=(0,), num_samples=10, out_dir=tmp_path / "study",
-                     log=lambda *a, **k: again.append(a[0]))
+                             log=lambda *a, **k: again.append(a[0]))
     assert any("nothing to do" in line for line in again)   # an interrupted study continues, never retrains
     assert sum("(judged earlier)" in line for line in again) == 1   # ... nor judges the same model twice
     assert [r["fid_ratio"] for r in rerun[0].runs] == [rows[0].runs[0]["fid_ratio"]]
