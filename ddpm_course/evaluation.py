@@ -114,15 +114,21 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
 
 # ----------------------------------------------------------------------------- a whole evaluation
 def reference_images(dataset: str, n: int, root=None, seed: int = 0, image_size: int = 28) -> tuple:
-    """Two disjoint sets of ``n`` real images (for FID and its floor), drawn from the train split
-    when present, else the test split (offline MNIST has only its 10,000 test digits); padded to
-    ``image_size`` like the training data of a model of that size."""
-    from .data import load_available
+    """Two disjoint sets of ``n`` real images (for FID and its floor), drawn from the held-out test
+    split, padded to ``image_size`` like the training data of a model of that size.
 
-    pool = load_available(dataset, root, image_size=image_size).images
+    Always the test split: it is never trained on (a model that memorised its training images gains
+    nothing here), and it is what every machine has (offline MNIST has only its 10,000 test digits),
+    so a card's numbers are reproduced online and offline alike. A folder of images has no splits:
+    all of it is used.
+    """
+    from .data import load_dataset
+
+    pool = load_dataset(dataset, "test", root, image_size=image_size).images
     if 2 * n > len(pool):
         raise ValueError(f"num_samples must be <= {len(pool) // 2} here: the FID floor needs two disjoint "
-                         f"sets of num_samples real images and only {len(pool)} are available; got {n}")
+                         f"sets of num_samples real images and the {dataset} test split has only {len(pool)}; "
+                         f"got {n}")
     perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
     return pool[perm[:n]], pool[perm[n:2 * n]]
 

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from ddpm_course.data import load_mnist
 from ddpm_course.evaluation import (
     confidence,
     diversity,
@@ -74,7 +75,6 @@ def test_evaluator_card_and_hash(tmp_path, synthetic_root):
 
 def test_shipped_evaluator_meets_its_card():
     """The shipped weights match their card, and re-measuring on the held-out digits agrees."""
-    from ddpm_course import load_mnist
 
     model = load_evaluator("mnist")
     card = model.card
@@ -117,12 +117,15 @@ def test_each_dataset_is_judged_by_its_own_evaluator():
         evaluator_for("mnist", "cifar10")
 
 
-def test_reference_images_are_disjoint_and_bounded(synthetic_root):
-    a, b = reference_images("mnist", 30, root=synthetic_root)
-    assert a.shape == b.shape == (30, 1, 28, 28)
+def test_reference_images_are_disjoint_held_out_and_bounded(synthetic_root):
+    a, b = reference_images("mnist", 16, root=synthetic_root)
+    assert a.shape == b.shape == (16, 1, 28, 28)
     assert not any(torch.equal(x, y) for x in a for y in b)
-    with pytest.raises(ValueError, match="num_samples must be <= 32"):
-        reference_images("mnist", 40, root=synthetic_root)
+    test, train = (load_mnist(split, synthetic_root).images for split in ("test", "train"))
+    assert all(any(torch.equal(x, y) for y in test) for x in torch.cat([a, b]))   # the held-out split
+    assert not any(torch.equal(x, y) for x in torch.cat([a, b]) for y in train)  # even though train is here
+    with pytest.raises(ValueError, match="num_samples must be <= 16 .* test split has only 32"):
+        reference_images("mnist", 17, root=synthetic_root)
 
 
 def test_classifier_crop_rejects_small_images():
@@ -133,7 +136,6 @@ def test_classifier_crop_rejects_small_images():
 
 def test_shipped_evaluator_reads_digits_not_backgrounds():
     """Generated digits carry faint noise and grey backgrounds: the judge must not care."""
-    from ddpm_course import load_mnist
 
     model = load_evaluator("mnist")
     held = load_mnist("test").images[-2000:], load_mnist("test").labels[-2000:]
