@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_course import NoiseSchedule, UNet, UNetConfig, diffusion_loss, sample
+from ddpm_course import NoiseSchedule, UNet, UNetConfig, diffusion_loss, guidance_combine, sample
 from ddpm_course.losses import min_snr_weights, noise_batch
 from ddpm_course.targets import PREDICTIONS, model_prediction, to_epsilon, training_target
 
@@ -129,13 +129,22 @@ def test_a_v_model_trains_resumes_and_samples_from_its_checkpoint(tiny_config):
     assert x.shape == (3, 1, 28, 28) and torch.isfinite(x).all()
 
 
-def test_the_notebooks_refuse_a_model_that_does_not_predict_the_noise(tiny_config, tmp_path):
+def test_the_notebooks_sample_a_model_that_predicts_x0_through_the_noise(tiny_config, tmp_path, capsys):
     from dataclasses import replace
 
-    from ddpm_course import train
+    from ddpm_course import predict_noise, train
     from ddpm_course.course import course_model, settings_for
 
     config = tiny_config.replace(model=replace(tiny_config.model, prediction="x0"), max_steps=1)
     path = train(config, progress=False, log=lambda *_: None)
-    with pytest.raises(ValueError, match="predicts 'x0' .*write their samplers around a noise predictor"):
-        course_model(settings_for("cpu", device="cpu"), path=path)
+    ckpt = course_model(settings_for("cpu", device="cpu"), path=path)
+    assert "predicts x0 (turned into the noise)" in capsys.readouterr().out
+    # notebook 04's eps_model and notebook 05's guided_eps: the noise, from the x0 the network outputs
+    model, s = ckpt.ema_model.eval(), ckpt.schedule
+    x_t, t, y = torch.randn(2, 1, 28, 28), torch.tensor([5, 40]), torch.tensor([3, 7])
+    with torch.no_grad():
+        x0 = model(x_t, t, y)
+        assert torch.allclose(predict_noise(model, x_t, t, y, schedule=s), to_epsilon(s, x_t, t, x0, "x0"))
+        both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, 10)]))
+        guided = to_epsilon(s, x_t, t, guidance_combine(both[2:], both[:2], 3.0), "x0")
+        assert torch.allclose(guided, predict_noise(model, x_t, t, y, 3.0, schedule=s), atol=1e-5)

@@ -110,10 +110,6 @@ def course_model(settings: CourseSettings, *, path=None, run: str = "03_training
     found = next((c for c in candidates if c.exists()), None)
     if not settings.quick and found is not None:
         ckpt = load_checkpoint(found, settings.device)
-        if ckpt.config.model.prediction != "eps":
-            raise ValueError(f"{found} predicts {ckpt.config.model.prediction!r} (model.prediction), but the notebooks "
-                             "write their samplers around a noise predictor: train it with model.prediction='eps', or "
-                             "sample it with ddpm_course.sample, which converts")
         where = "Google Drive" if folder is not None and found == folder / local else "disk"
         print(f"Using your model from notebook {run[:2]} on {where}: {found} (step {ckpt.step}); "
               f"{describe_model(ckpt)}.")
@@ -129,8 +125,9 @@ def describe_model(ckpt: Checkpoint) -> str:
     """What a notebook is sampling from: schedule, size, labels and the recommended sampling."""
     cfg = ckpt.config
     labels = f"{ckpt.num_classes} classes" if ckpt.num_classes else "unconditional"
+    predicts = "" if cfg.model.prediction == "eps" else f", predicts {cfg.model.prediction} (turned into the noise)"
     s = ckpt.sampling
-    return (f"T={cfg.T} {cfg.schedule} schedule, U-Net base {cfg.model.base_channels}, {labels}, "
+    return (f"T={cfg.T} {cfg.schedule} schedule, U-Net base {cfg.model.base_channels}, {labels}{predicts}, "
             f"trained {ckpt.step} steps; recommended sampling {s['sampler']} {s['steps']} steps, "
             f"guidance {s['guidance_scale']}")
 
