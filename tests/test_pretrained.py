@@ -46,7 +46,9 @@ def test_shipped_models_and_their_cards(name):
     card = ckpt.info["card"]
     assert card["command"].startswith("python -m ddpm_course train --profile")
     assert card["parameters"] == ckpt.ema_model.num_parameters()
-    assert (ckpt.num_classes == 10) == (name == "mnist-cond")
+    assert (ckpt.num_classes == 10) == name.endswith("-cond")
+    assert ckpt.config.dataset == ("fashion_mnist" if name.startswith("fashion") else "mnist")
+    assert card["evaluation"]["num_samples"] == 1000 and card["evaluation"]["fid_ratio"] >= 1.0
     for key in ("fid", "fid_floor", "fid_ratio", "confidence", "inception_score", "command"):
         assert key in card["evaluation"], key
     x = ckpt.ema_model(torch.zeros(1, 1, 28, 28), torch.tensor([5]))
