@@ -117,10 +117,10 @@ def reference_images(dataset: str, n: int, root=None, seed: int = 0, image_size:
     """Two disjoint sets of ``n`` real images (for FID and its floor), drawn from the held-out test
     split, padded to ``image_size`` like the training data of a model of that size.
 
-    Always the test split: it is never trained on (a model that memorised its training images gains
-    nothing here), and it is what every machine has (offline MNIST has only its 10,000 test digits),
-    so a card's numbers are reproduced online and offline alike. A folder of images has no splits:
-    all of it is used.
+    Always the test split: it is what every machine has (offline MNIST has only its 10,000 test
+    digits), so a card's numbers are reproduced online and offline alike, and a model trained on the
+    train split is judged against images it never saw (offline MNIST models were trained on these
+    same test digits). A folder of images has no splits: all of it is used.
     """
     from .data import load_dataset
 

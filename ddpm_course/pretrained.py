@@ -21,7 +21,7 @@ from .config import TrainConfig, recommended_sampling
 from .devices import describe_machine
 from .files import atomic_write_json
 
-PRETRAINED = ("mnist-cond", "mnist-uncond")
+PRETRAINED = ("mnist-cond", "mnist-uncond", "fashion-cond")  # the last: Fashion-MNIST, 10 kinds of clothing
 SAME_EVALUATION = ("sampler", "steps", "guidance_scale", "num_samples", "seed")
 
 
