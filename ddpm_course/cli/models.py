@@ -211,7 +211,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("figures", help="sample grids per guidance scale and a denoising GIF per digit")
     p.add_argument("--checkpoint", default=None, help="a conditional checkpoint (default: a shipped model)")
     p.add_argument("--pretrained", default="mnist-cond",
-                   help="shipped model used without --checkpoint: mnist-cond, mnist-uncond or fashion-cond")
+                   help="conditional shipped model used without --checkpoint: mnist-cond or fashion-cond")
     p.add_argument("--out", default="assets/figures")
     p.add_argument("--guidance-scales", dest="guidance_scales", type=float, nargs="+", default=[0.0, 1.0, 3.0, 5.0])
     p.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps for the grids")
