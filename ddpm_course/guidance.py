@@ -7,6 +7,9 @@ two predictions:
 
 w = 1 is the plain conditional model, w = 0 the unconditional one, and w > 1 pushes samples
 further towards what makes them look like class y (sharper, less varied digits).
+
+The paper writes the same mix as (1 + w') eps_cond - w' eps_uncond, so its w' is our w - 1: the
+paper's w' = 0 is our w = 1 (no guidance). Ours is the convention of diffusers' pipelines.
 """
 
 from __future__ import annotations

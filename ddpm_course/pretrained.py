@@ -130,11 +130,12 @@ def cards_table(assets=None) -> str:
         card = read_card(card_path)
         for e in [card["evaluation"]] + card.get("more_evaluations", []):
             acc = "—" if e["accuracy"] is None else f"{100 * e['accuracy']:.1f}%"
+            how = "unconditional" if e["accuracy"] is None else f"guidance {e['guidance_scale']}"
             lines.append(
                 f"| `{name}` | {card['parameters'] / 1e6:.2f}M | {card['steps']} steps x {card['batch_size']}, "
                 f"{card['train_seconds']:.0f} s, {card['machine']} | {e['fid_ratio']:.2f} ({e['fid']:.1f} / "
                 f"{e['fid_floor']:.1f}) | {acc} | {e['inception_score']:.2f} | {e['num_samples']} samples, "
-                f"{e['sampler']} {e['steps']} steps, guidance {e['guidance_scale']} |")
+                f"{e['sampler']} {e['steps']} steps, {how} |")
     return "\n".join(lines)
 
 
