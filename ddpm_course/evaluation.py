@@ -194,10 +194,12 @@ class Evaluation(NamedTuple):
 
 
 def _unpack(checkpoint_or_model, schedule, dataset) -> tuple:
-    """(model, schedule, dataset, recommended sampling, num_classes, checkpoint path or None)."""
+    """(model, schedule, dataset, recommended sampling, num_classes, checkpoint path or None, the
+    split it trained on or None)."""
     from .checkpoints import Checkpoint, load_checkpoint
     from .config import recommended_sampling
     from .guidance import model_num_classes
+    from .memorisation import trained_split
 
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
         checkpoint_or_model = load_checkpoint(checkpoint_or_model)
@@ -206,11 +208,11 @@ def _unpack(checkpoint_or_model, schedule, dataset) -> tuple:
         if schedule is not None or dataset is not None:
             raise ValueError("schedule and dataset come from the checkpoint; pass them only with a bare model")
         return (ckpt.ema_model, ckpt.schedule, ckpt.config.dataset, ckpt.sampling, ckpt.num_classes,
-                str(ckpt.path) if ckpt.path else None)
+                str(ckpt.path) if ckpt.path else None, trained_split(ckpt.config.split, ckpt.info.get("data")))
     if schedule is None or dataset is None:
         raise ValueError("a bare model needs schedule= (its NoiseSchedule) and dataset= (the data it was trained on)")
     num_classes = model_num_classes(checkpoint_or_model)
-    return checkpoint_or_model, schedule, dataset, recommended_sampling(num_classes), num_classes, None
+    return checkpoint_or_model, schedule, dataset, recommended_sampling(num_classes), num_classes, None, None
 
 
 def sample_and_evaluate(checkpoint_or_model, *, num_samples: int = 1000, sampler: str | None = None,
@@ -222,7 +224,7 @@ def sample_and_evaluate(checkpoint_or_model, *, num_samples: int = 1000, sampler
     from .generation import generate_samples, image_shape, sampling_settings
 
     check_int("num_samples", num_samples, minimum=2)
-    model, schedule, dataset, recommended, num_classes, path = _unpack(checkpoint_or_model, schedule, dataset)
+    model, schedule, dataset, recommended, num_classes, path, split = _unpack(checkpoint_or_model, schedule, dataset)
     device = next(model.parameters()).device
     if not isinstance(evaluator, nn.Module):
         evaluator = load_evaluator(evaluator_for(dataset, evaluator), device)
@@ -237,16 +239,20 @@ def sample_and_evaluate(checkpoint_or_model, *, num_samples: int = 1000, sampler
     result = {**({"checkpoint": path} if path else {}), "sampler": settings.sampler, "steps": settings.steps,
               "guidance_scale": settings.guidance_scale, "seed": seed,
               **evaluate_samples(evaluator, samples, real_a, real_b, labels), "seconds": round(seconds, 2),
-              "memorisation": memorisation_summary(samples, dataset, image_shape(model)[1])}
+              "memorisation": memorisation_summary(samples, dataset, image_shape(model)[1], split)}
     return Evaluation(result, samples, labels, evaluator)
 
 
-def memorisation_summary(samples: torch.Tensor, dataset: str, image_size: int = 28) -> dict:
-    """The scalar part of :func:`ddpm_course.memorisation.memorisation` against ``dataset``'s training
-    images (see :func:`~ddpm_course.memorisation.training_images`)."""
+def memorisation_summary(samples: torch.Tensor, dataset: str, image_size: int = 28, split: str | None = None) -> dict:
+    """The scalar part of :func:`ddpm_course.memorisation.memorisation` against the training images
+    of ``dataset``'s ``split`` (see :func:`~ddpm_course.memorisation.training_images`), or
+    ``{"skipped": why}`` when the split a model trained on is not on this machine."""
     from .memorisation import memorisation, training_images
 
-    training, held_out = training_images(dataset, image_size)
+    try:
+        training, held_out = training_images(dataset, image_size, split)
+    except FileNotFoundError:
+        return {"skipped": f"the {dataset} {split} split it trained on is not on this machine"}
     result = memorisation(samples, training, held_out=held_out, num_reference=min(1000, len(training) - 1))
     return {key: value for key, value in result.items() if not isinstance(value, torch.Tensor)}
 
@@ -268,6 +274,13 @@ def evaluate_checkpoint(checkpoint_or_model, *, num_samples: int = 1000, sampler
                                guidance_scale=guidance_scale, seed=seed, evaluator=evaluator, **kwargs).result
 
 
+def _memorisation_line(m: dict) -> str:
+    if "skipped" in m:
+        return f"not measured: {m['skipped']}"
+    return (f"samples {m['sample_median']:.2f} vs real {m['reference_median']:.2f} ({m['reference']}): "
+            f"ratio {m['ratio']:.2f}, near copies {100 * m['near_copies']:.1f}%")
+
+
 def format_report(r: dict) -> str:
     """A short table of an evaluation's numbers."""
     acc = "n/a (unconditional)" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
@@ -281,10 +294,8 @@ def format_report(r: dict) -> str:
         ("classes present / entropy", f"{r['diversity']['classes_present']}/10, "
                                       f"{r['diversity']['normalized_entropy']:.3f} of the maximum"),
         ("inception score (real data)", f"{r['inception_score']:.2f} ({r['real_inception_score']:.2f})"),
-        *([("nearest training image (median L2)",
-            f"samples {r['memorisation']['sample_median']:.2f} vs real {r['memorisation']['reference_median']:.2f} "
-            f"({r['memorisation']['reference']}): ratio {r['memorisation']['ratio']:.2f}, near copies "
-            f"{100 * r['memorisation']['near_copies']:.1f}%")] if r.get("memorisation") else []),
+        *([("nearest training image (median L2)", _memorisation_line(r["memorisation"]))]
+          if r.get("memorisation") else []),
         ("sampling time", f"{r['seconds']:.1f}s"),
     ]
     if "inception_fid" in r:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_int
+from ._checks import check_choice, check_int
 
 
 def _flat(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -92,17 +92,37 @@ def memorisation(samples: torch.Tensor, training: torch.Tensor, *, held_out: tor
     }
 
 
-def training_images(dataset: str, image_size: int = 28) -> tuple:
-    """(the images a model of ``dataset`` trained on, held-out images or None), as ``train`` does it:
-    the train split when present, then the test split is held out; else (offline MNIST) the test
-    split, and nothing is held out."""
+def trained_split(config_split: str, data_name: str | None) -> str | None:
+    """The split a checkpoint's model trained on: its config's ``split`` when that is "train" or
+    "test"; for "auto", the split named in its ``info["data"]`` (``train`` records e.g.
+    "MNIST test (/data/mnist)"); None when neither says."""
+    if config_split in ("train", "test"):
+        return config_split
+    words = (data_name or "").split()
+    return words[1] if len(words) > 1 and words[1] in ("train", "test") else None
+
+
+def training_images(dataset: str, image_size: int = 28, split: str | None = None) -> tuple:
+    """(the images a model of ``dataset`` trained on, held-out images or None).
+
+    split: the split the model trained on (see :func:`trained_split`): "test" (offline MNIST: the
+    10,000 test digits, nothing held out) or "train" (the test split is held out; FileNotFoundError
+    when the train split is not on this machine). None: as ``train`` picks it here, the train split
+    when present, else the test split.
+    """
     from .data import load_dataset
 
     if dataset not in ("mnist", "fashion_mnist", "fashion-mnist"):
         raise ValueError(f"dataset must be 'mnist' or 'fashion_mnist' for the memorisation check, got {dataset!r}")
+    if split is not None:
+        check_choice("split", split, ("train", "test"))
+    if split == "test":
+        return load_dataset(dataset, "test", image_size=image_size, download=False).images, None
     try:
         train = load_dataset(dataset, "train", image_size=image_size, download=False).images
     except FileNotFoundError:
+        if split == "train":
+            raise
         return load_dataset(dataset, "test", image_size=image_size, download=False).images, None
     try:
         return train, load_dataset(dataset, "test", image_size=image_size, download=False).images

@@ -165,3 +165,40 @@ def test_memorisation_tells_copies_from_new_samples():
     assert bool((i != torch.arange(50)).all()) and bool((d > 0).all())
     with pytest.raises(ValueError, match="same image shape"):
         nearest_neighbours(fresh, torch.randn(5, 1, 3, 3))
+
+
+def test_the_memorisation_check_uses_the_split_the_model_trained_on(tmp_path, monkeypatch):
+    """A model trained offline on the test split is checked against the test images even where the
+    train split is present (it never saw those); a train-split model holds the test split out; a
+    train-split model on a machine without its train split is reported as not measured."""
+    from helpers import write_mnist_split
+
+    from ddpm_course.data import load_dataset
+    from ddpm_course.evaluation import format_report, memorisation_summary
+    from ddpm_course.memorisation import trained_split, training_images
+
+    assert trained_split("auto", "MNIST test (/data/mnist)") == "test"
+    assert trained_split("auto", "Fashion-MNIST train (/usr/share/datasets/fashion-mnist)") == "train"
+    assert trained_split("train", "MNIST test (/x)") == "train" and trained_split("auto", None) is None
+    assert trained_split("auto", "image folder /x") is None
+    monkeypatch.setenv("DDPM_COURSE_DATA", str(tmp_path))
+    write_mnist_split(tmp_path / "mnist", "train", 40)
+    write_mnist_split(tmp_path / "mnist", "test", 30)
+    test_images = load_dataset("mnist", "test", download=False).images
+    training, held_out = training_images("mnist", split="test")
+    assert torch.equal(training, test_images) and held_out is None
+    training, held_out = training_images("mnist", split="train")
+    assert len(training) == 40 and torch.equal(held_out, test_images)
+    assert len(training_images("mnist")[0]) == 40         # unknown: as train picks it (train when present)
+    with pytest.raises(ValueError, match="split"):
+        training_images("mnist", split="auto")
+    for f in (tmp_path / "mnist").glob("train-*"):
+        f.unlink()
+    skipped = memorisation_summary(test_images[:5], "mnist", split="train")
+    assert skipped == {"skipped": "the mnist train split it trained on is not on this machine"}
+    assert memorisation_summary(test_images[:5], "mnist", split="test")["reference"] == "training, leave-one-out"
+    report = {"num_samples": 5, "sampler": "ddim", "steps": 2, "guidance_scale": 1.0, "fid": 1.0, "fid_floor": 1.0,
+              "fid_ratio": 1.0, "accuracy": None, "confidence": 0.5, "inception_score": 1.0,
+              "real_inception_score": 1.0, "diversity": {"classes_present": 1, "normalized_entropy": 0.0},
+              "per_class_accuracy": None, "seconds": 0.1, "memorisation": skipped}
+    assert "not measured: the mnist train split" in format_report(report)
