@@ -73,7 +73,8 @@ def predict_noise(model, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tenso
     pass of size 2B and are combined with :func:`guidance_combine`. A model that predicts v or x0
     (``UNetConfig.prediction``) has its output turned into eps with ``schedule``, the NoiseSchedule
     it was trained with (required then, and not a ``respaced`` one: t indexes it); mixing before
-    converting is the same, as the conversion is affine in the output.
+    converting is the same, as the conversion is affine in the output and the mix's weights,
+    1 - w and w, add up to 1.
     """
     prediction = model_prediction(model)
     if prediction != "eps" and not isinstance(schedule, NoiseSchedule):
