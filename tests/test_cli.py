@@ -220,6 +220,6 @@ def test_profiles_flops_counts_a_known_convolution_and_orders_the_profiles(capsy
     assert counter.get_total_flops() == 2 * 28 * 28 * 4 * 9
     flops = {name: training_flops_per_image(get_profile(name)) for name in ("ci", "cpu")}
     assert 0 < flops["ci"] < flops["cpu"]
-    main(["profiles", "--flops"])
+    assert main(["profiles", "--flops"]) == 0
     out = capsys.readouterr().out
     assert "T4 minutes at 10-20 TFLOP/s (estimate)" in out and out.count("| `") == 3

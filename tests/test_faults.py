@@ -144,9 +144,9 @@ def test_exit_codes_and_messages_without_tracebacks(tmp_path, capsys, monkeypatc
         (["evaluate", "--checkpoint", str(ROOT / "assets" / "pretrained-mnist-uncond.pt"), "--guidance", "3"],
          "needs class labels"),
     ]
-    if not torch.cuda.is_available():
-        cases.append((["sample", "--checkpoint", str(ckpt), "--device", "cuda", "--out", str(tmp_path / "g.png")],
-                      "no CUDA GPU"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    cases.append((["sample", "--checkpoint", str(ckpt), "--device", "cuda", "--out", str(tmp_path / "g.png")],
+                  "no CUDA GPU"))
     for argv, words in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

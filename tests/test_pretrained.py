@@ -84,7 +84,7 @@ def test_add_evaluation_records_a_result_of_the_shipped_weights(tmp_path, monkey
     assert card["more_evaluations"][0] == first and len(card["more_evaluations"]) == rows_before
     assert load_pretrained("mnist-cond").step == card["steps"]          # the weights and their hash are untouched
     capsys.readouterr()
-    main(["pretrained", "table"])
+    assert main(["pretrained", "table"]) == 0
     assert capsys.readouterr().out.count("| `mnist-cond` |") == rows_before + 1
     (tmp_path / "other.json").write_text(json.dumps({**result, "checkpoint": "runs/x/checkpoint.pt"}))
     assert main(["pretrained", "add-evaluation", "--name", "mnist-cond", "--json", str(tmp_path / "other.json")]) != 0

@@ -13,7 +13,7 @@ ALL_DOCS = README + "".join(p.read_text() for p in sorted((ROOT / "docs").glob("
 
 
 def test_profile_table_is_the_profiles_command_output(capsys):
-    main(["profiles"])
+    assert main(["profiles"]) == 0
     printed = capsys.readouterr().out.strip()
     block = ALL_DOCS.split("<!-- profiles:start -->")[1].split("<!-- profiles:end -->")[0].strip()
     assert block == printed, "README's profile table is stale: paste `python -m ddpm_course profiles`"
@@ -57,7 +57,7 @@ def test_evaluator_accuracy_quoted_from_its_card():
 
 
 def test_pretrained_table_is_the_cards(capsys):
-    main(["pretrained", "table"])
+    assert main(["pretrained", "table"]) == 0
     printed = capsys.readouterr().out.strip()
     block = README.split("<!-- pretrained:start -->")[1].split("<!-- pretrained:end -->")[0].strip()
     assert block == printed, "README's pretrained table is stale: paste `python -m ddpm_course pretrained table`"

@@ -138,7 +138,10 @@ def test_predict_x0_inverts_add_noise():
 
 def test_ddim_timesteps():
     assert ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
-    assert ddim_timesteps(1000, 10) == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]  # as diffusers
+    for T, steps in ((1000, 1), (1000, 7), (1000, 10), (1000, 50), (1000, 250), (200, 33)):
+        ref = DDIMScheduler(num_train_timesteps=T, timestep_spacing="trailing")  # diffusers' trailing spacing
+        ref.set_timesteps(steps)
+        assert ddim_timesteps(T, steps) == ref.timesteps.tolist(), (T, steps)
     ts = ddim_timesteps(1000, 7)
     assert ts[0] == 999 and len(set(ts)) == 7 and ts == sorted(ts, reverse=True)
     assert ddim_timesteps(10, 1) == [9]
@@ -164,10 +167,11 @@ class LabelModel:
     num_classes = 10
 
     def __init__(self):
-        self.batches = []
+        self.batches, self.labels = [], []
 
     def __call__(self, x_t, t, y):
         self.batches.append(x_t.shape[0])
+        self.labels.append(y.tolist())
         value = torch.where(y == 10, -1.0, 0.1 * y.float())
         return value.view(-1, 1, 1, 1).expand_as(x_t)
 
@@ -191,7 +195,12 @@ def test_sampler_with_labels_runs_and_uses_them():
     s = NoiseSchedule.linear(20)
     model = LabelModel()
     x = sample_ddim(model, s, (3, 1, 2, 2), steps=5, labels=7, guidance_scale=2.0, generator=gen(0))
-    assert x.shape == (3, 1, 2, 2) and model.batches == [6] * 5
+    assert model.batches == [6] * 5 and model.labels == [[7, 7, 7, 10, 10, 10]] * 5   # one pass: y, then "no label"
+    guided = -1.0 + 2.0 * (0.7 - (-1.0))            # eps_uncond + w (eps_cond - eps_uncond) = 2.4
+
+    def constant(x_t, t, y=None):
+        return torch.full_like(x_t, guided)
+    torch.testing.assert_close(x, sample_ddim(constant, s, (3, 1, 2, 2), steps=5, generator=gen(0)))
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
