@@ -144,6 +144,7 @@ def test_exit_codes_and_messages_without_tracebacks(tmp_path, capsys, monkeypatc
         (["evaluate", "--checkpoint", str(ROOT / "assets" / "pretrained-mnist-uncond.pt"), "--guidance", "3"],
          "needs class labels"),
     ]
+    cases.append((["evaluate", "--checkpoint", str(ckpt), "--num-samples", "0"], "--num-samples must be >= 1, got 0"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
     cases.append((["sample", "--checkpoint", str(ckpt), "--device", "cuda", "--out", str(tmp_path / "g.png")],
                   "no CUDA GPU"))

@@ -41,8 +41,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("n", "steps", "batch_size", "max_steps", "num_samples"):
         value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")
+        if value is not None and value < 1:   # a usage error: status 2, as argparse's own
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
+            return 2
     debug = os.environ.get("DDPM_COURSE_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
