@@ -79,6 +79,19 @@ def read_checkpoint(path, device="cpu") -> dict:
     return read_state(path, device)
 
 
+def initial_weights(path, model_config) -> dict:
+    """The EMA weights (float32) of the checkpoint or shipped model at ``path``, to start a new run
+    from (``TrainConfig.init_from``). Its U-Net must be ``model_config``: weights only fit their net."""
+    state = read_state(path, what="checkpoint to start from (TrainConfig.init_from)")
+    saved = TrainConfig.from_dict(state["config"]).model
+    if saved != model_config:
+        diffs = "; ".join(f"{k}: {v!r} there, {getattr(model_config, k)!r} here"
+                          for k, v in vars(saved).items() if getattr(model_config, k) != v)
+        raise ValueError(f"TrainConfig.init_from={str(path)!r} holds a different U-Net ({diffs}); its "
+                         f"weights fit only the same model config")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}
+
+
 @dataclass
 class Checkpoint:
     """A trained model ready to sample from: ``.ema_model`` is usually the one to use."""

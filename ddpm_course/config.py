@@ -61,6 +61,8 @@ class TrainConfig:
     compile: bool = False         # torch.compile the network: a slow first step, then faster ones where it pays
     device: str = "auto"          # "auto" (cuda, then mps, then cpu), or a torch device string
     seed: int = 0                 # seeds the weights, the batches and the noise
+    init_from: str | None = None  # start from this checkpoint's or shipped model's EMA weights (same U-Net)
+                                  # instead of random ones: fine-tuning, or extending a run whose checkpoint is gone
     out_dir: str = "runs/default"  # where checkpoint.pt is written
     checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
     log_every: int = 50           # steps between loss reports (and NaN checks)
@@ -85,6 +87,8 @@ class TrainConfig:
             check_int(f"TrainConfig.{name}", getattr(self, name), minimum=1)
         check_int("TrainConfig.warmup_steps", self.warmup_steps, minimum=0)
         check_int("TrainConfig.seed", self.seed, minimum=0)
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ValueError(f"TrainConfig.init_from must be a checkpoint's path or None, got {self.init_from!r}")
         if self.subset is not None:
             check_int("TrainConfig.subset", self.subset, minimum=1)
         check_float("TrainConfig.lr", self.lr, minimum=0.0, open_min=True)

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .checkpoints import FORMAT, read_checkpoint, save_checkpoint
+from .checkpoints import FORMAT, initial_weights, read_checkpoint, save_checkpoint
 from .config import TrainConfig, recommended_sampling
 from .data import DeviceBatches, TensorImageDataset, load_available, load_dataset
 from .devices import describe_machine, resolve_precision
@@ -225,6 +225,13 @@ class Trainer:
         self.elapsed = float(state.get("info", {}).get("train_seconds", 0.0))
         _restore_rng(state["rng"], self.noise_gen, self.config, self.step, self.log)
 
+    def start_from_init(self) -> None:
+        """Model and EMA start from ``config.init_from``'s EMA weights (a fresh optimizer, step 0)."""
+        weights = initial_weights(self.config.init_from, self.config.model)
+        self.model.load_state_dict(weights)
+        self.ema.load_state_dict(weights)
+        self.log(f"Starting from the weights of {self.config.init_from}")
+
     def set_aside_old_checkpoint(self) -> None:
         """resume=False never deletes a trained model: the old checkpoint gets a new name."""
         if self.path.exists():
@@ -373,8 +380,10 @@ def _resume_or_start(trainer: Trainer, config: TrainConfig, resume: bool, progre
         if trainer.step >= config.max_steps:
             trainer.log(f"Already trained to step {trainer.step} (max_steps={config.max_steps}); nothing to do.")
             return trainer.path
-    elif not resume:
-        if trainer.dist.is_main:
+    else:
+        if not resume and trainer.dist.is_main:
             trainer.set_aside_old_checkpoint()
         barrier(trainer.dist)
+        if config.init_from is not None:   # every rank loads the same weights
+            trainer.start_from_init()
     return trainer.run(progress=progress, callback=callback)

@@ -133,15 +133,62 @@ def test_cosine_schedule_values_and_its_resume_rule(tiny_config):
         _train_quietly(run.replace(max_steps=6))
 
 
-def test_compiled_training_saves_the_plain_model(tiny_config):
-    """compile=True: the loss calls the compiled network, the checkpoint holds the plain model's
-    weights (no "_orig_mod." prefixes), so it loads and resumes like any other."""
+def test_compiled_training_matches_plain_training_and_saves_the_plain_model(tiny_config, tmp_path, monkeypatch):
+    """compile=True: the loss calls the compiled network, and training through it gives the plain
+    run's weights (to float rounding); the checkpoint holds the plain model's weights (no
+    "_orig_mod." prefixes), so it loads and resumes like any other. Compiled with the aot_eager
+    backend: the same graph capture and autograd, without needing a C++ compiler in CI."""
     from ddpm_course.training import Trainer
 
-    plain = Trainer(tiny_config, log=lambda *_: None)
-    compiled = Trainer(tiny_config.replace(compile=True), log=lambda *_: None)
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: compile_(model, backend="aot_eager"))
+    config = tiny_config.replace(max_steps=3)
+    compiled = Trainer(config.replace(compile=True), log=lambda *_: None)
     assert isinstance(compiled.net, torch._dynamo.eval_frame.OptimizedModule) and compiled.net is not compiled.model
-    assert compiled.state_dict()["model"].keys() == plain.state_dict()["model"].keys()
+    plain_path, _ = _train_quietly(config.replace(out_dir=str(tmp_path / "plain")))
+    compiled_path, _ = _train_quietly(config.replace(out_dir=str(tmp_path / "compiled"), compile=True))
+    a, b = read_checkpoint(plain_path), read_checkpoint(compiled_path)
+    assert a["model"].keys() == b["model"].keys() and not any("_orig_mod" in k for k in b["model"])
+    start = Trainer(config, log=lambda *_: None).model.state_dict()
+    moved = max((a["model"][k] - start[k]).abs().max().item() for k in start)
+    assert moved > 1e-4                      # three steps changed the weights ...
+    for k in a["model"]:                     # ... and the compiled run changed them the same way
+        torch.testing.assert_close(b["model"][k], a["model"][k], atol=1e-5, rtol=1e-4)
+    _, lines = _train_quietly(config.replace(out_dir=str(tmp_path / "compiled"), max_steps=4))
+    assert any("at step 3" in line for line in lines)     # a compiled run resumes without compile
+
+
+def test_init_from_starts_from_the_ema_weights_and_resumes_without_them(tiny_config, tmp_path):
+    """init_from: model and EMA start from another run's EMA weights (step 0, a fresh optimizer);
+    once the new run has a checkpoint it resumes from that, even if the first file is gone."""
+    from ddpm_course.training import Trainer
+
+    first, _ = _train_quietly(tiny_config.replace(out_dir=str(tmp_path / "first")))
+    source = tmp_path / "source.pt"
+    source.write_bytes(first.read_bytes())
+    config = tiny_config.replace(out_dir=str(tmp_path / "second"), init_from=str(source), max_steps=2)
+    trainer = Trainer(config, log=lambda *_: None)
+    assert not _states_equal(trainer.model.state_dict(), read_checkpoint(source)["ema"])
+    trainer.start_from_init()
+    ema = read_checkpoint(source)["ema"]
+    assert _states_equal(trainer.model.state_dict(), ema) and _states_equal(trainer.ema.state_dict(), ema)
+    path, lines = _train_quietly(config)
+    assert f"Starting from the weights of {source}" in lines and read_checkpoint(path)["step"] == 2
+    source.unlink()
+    _, lines = _train_quietly(config.replace(max_steps=3))
+    assert f"Resuming from {path} at step 2" in lines
+
+
+def test_init_from_refuses_another_u_net_and_a_missing_file(tiny_config, tmp_path):
+    from ddpm_course.assets import asset_paths
+
+    shipped, _ = asset_paths("pretrained-mnist-uncond")     # a shipped model: base 32, unconditional
+    with pytest.raises(ValueError, match=r"init_from=.* holds a different U-Net \(base_channels: 32 there, 8 here"):
+        _train_quietly(tiny_config.replace(init_from=str(shipped)))
+    with pytest.raises(FileNotFoundError, match=r"checkpoint to start from \(TrainConfig.init_from\) not found"):
+        _train_quietly(tiny_config.replace(init_from=str(tmp_path / "none.pt")))
+    with pytest.raises(ValueError, match="TrainConfig.init_from must be a checkpoint's path or None, got ''"):
+        tiny_config.replace(init_from="").validate()
 
 
 def _stop_at(step):
