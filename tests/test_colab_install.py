@@ -6,7 +6,8 @@ The first notebook installs the package into that blank runtime (about 25 s: a c
 pip install); the others then run in the same runtime, each in its own empty folder, as a
 notebook does on Colab once the course is installed. A student edition whose code cells are the
 solution's (06, which has no exercises) is not run twice: the test checks that its code is identical.
-The install cell also says what to do when the download fails, and can run twice. (This is how CI
+The install cell also says what to do when the download fails (in a runtime of its own), and can
+run twice. No test depends on another having run. (This is how CI
 runs the notebooks: ``testpaths`` holds only ``tests``.)"""
 
 from __future__ import annotations
@@ -25,12 +26,10 @@ from ddpm_course.course.grading import COURSE_NOTEBOOKS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def blank_runtime(tmp_path_factory):
-    """A Python without ddpm_course: a fresh venv that sees this one's packages through a .pth line
-    (lines of a .pth add folders without processing their own .pth files, so the editable install of
-    ddpm_course stays invisible)."""
-    base = tmp_path_factory.mktemp("colab")
+def make_blank_runtime(base: Path) -> tuple:
+    """A Python without ddpm_course in ``base``: a fresh venv that sees this one's packages through a
+    .pth line (lines of a .pth add folders without processing their own .pth files, so the editable
+    install of ddpm_course stays invisible), and a clone of this repository to install from."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(base / "env")], check=True)
     env_site = next((base / "env" / "lib").glob("python*/site-packages"))
     (env_site / "host.pth").write_text("\n".join(p for p in site.getsitepackages() if "site-packages" in p) + "\n")
@@ -41,6 +40,12 @@ def blank_runtime(tmp_path_factory):
     clone = base / "repo"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     return python, clone, base
+
+
+@pytest.fixture(scope="module")
+def blank_runtime(tmp_path_factory):
+    """One blank runtime shared by the notebooks of the Run-all test, as on Colab."""
+    return make_blank_runtime(tmp_path_factory.mktemp("colab"))
 
 
 def code_cells(path: Path) -> list:
@@ -59,9 +64,9 @@ def run_cell(python, source: str, cwd: Path, repo) -> subprocess.CompletedProces
                           timeout=600)
 
 
-def test_install_cell_says_what_to_do_when_the_download_fails(blank_runtime, tmp_path):
-    """(Runs first: the next test installs the package into the blank runtime.)"""
-    python, _, _ = blank_runtime
+def test_install_cell_says_what_to_do_when_the_download_fails(tmp_path):
+    """In a runtime of its own, whatever ran before: the package must not be installed there yet."""
+    python, _, _ = make_blank_runtime(tmp_path / "runtime")
     done = run_cell(python, install_cell("04_sampling.ipynb"), tmp_path, tmp_path / "no-such-repository")
     assert done.returncode != 0
     assert "Could not download the course from" in done.stderr and "set DDPM_COURSE_REPO" in done.stderr
@@ -98,18 +103,17 @@ def test_run_all_of_every_notebook_both_editions_on_a_blank_runtime(blank_runtim
     installed = subprocess.run([str(python), "-c", "import ddpm_course; print(ddpm_course.__file__)"],
                                capture_output=True, text=True, cwd=base)
     assert str(copies[0].parent / "ddpm-course") in installed.stdout, installed.stderr  # notebook 01 installed it
-
-
-def test_install_cell_can_run_twice_and_is_the_same_everywhere(blank_runtime):
-    """(After the Run-all test: the runtime has the package that notebook 01's install cell put there.)"""
-    python, clone, base = blank_runtime
+    # "Run all" again in the same runtime: the install cell finds the install and does nothing
     work = base / "content" / "solutions" / "01_forward_diffusion"
-    source = install_cell("01_forward_diffusion.ipynb")
-    done = run_cell(python, source, work, clone)      # "Run all" again: finds the install, does nothing
+    done = run_cell(python, install_cell("01_forward_diffusion.ipynb"), work, clone)
     assert done.returncode == 0, done.stderr[-2000:]
     fresh = subprocess.run([str(python), "-c", "import ddpm_course, sys; print(ddpm_course.__file__)"],
                            capture_output=True, text=True, cwd=base)     # a new kernel sees the install
     assert fresh.returncode == 0 and str(work / "ddpm-course") in fresh.stdout, fresh.stderr
+
+
+def test_the_install_cell_is_the_same_in_every_notebook():
+    source = install_cell("01_forward_diffusion.ipynb")
     for notebook in sorted((ROOT / "notebooks").glob("0*.ipynb")) + sorted((ROOT / "notebooks").glob("exercises/0*")):
         assert install_cell(str(notebook.relative_to(ROOT / "notebooks"))) == source, notebook   # one cell everywhere
 

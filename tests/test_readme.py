@@ -1,10 +1,12 @@
 """The README and docs/ state what the code does: profile table, Colab links, set-up and test commands."""
 
+import inspect
 import re
 from pathlib import Path
 
 from ddpm_course import COLAB_REPO
 from ddpm_course.cli import main
+from ddpm_course.demo import make_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -66,6 +68,9 @@ def test_pretrained_table_is_the_cards(capsys):
 def test_result_figures_exist_and_name_their_command():
     root = Path(__file__).resolve().parents[1]
     paths = re.findall(r"\]\((assets/figures/[\w.]+)\)", README)
-    assert len(paths) == 14 and all((root / p).is_file() for p in paths)
+    scales = inspect.signature(make_figures).parameters["guidance_scales"].default
+    made = {f"assets/figures/guidance_{w:g}.png" for w in scales} | {
+        f"assets/figures/denoising_{d}.gif" for d in range(10)}
+    assert set(paths) == made and all((root / p).is_file() for p in paths)   # every figure `figures` makes, shown
     section = README.split("## Results")[1].split("\n## ")[0]
     assert "`python -m ddpm_course figures --out assets/figures --gif-guidance 3`" in section
