@@ -36,6 +36,15 @@ from .training import Trainer, train
 from .unet import UNet
 
 
+def require_diffusers() -> None:
+    """Before any training: the peer needs diffusers, which the course itself does not install."""
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise ImportError("the diffusers UNet2DModel peer needs the diffusers package: pip install diffusers, "
+                          "or leave the peer out (--no-peer; peers=False / peer=False in Python)") from None
+
+
 class DiffusersUNet(nn.Module):
     """diffusers' ``UNet2DModel`` behind the course's calling convention model(x_t, t[, y]).
 
@@ -96,6 +105,8 @@ def benchmark_training(config: TrainConfig, *, seconds: float, evaluations: int 
     check_float("seconds", seconds, minimum=1.0)
     check_int("evaluations", evaluations, minimum=1)
     check_int("num_samples", num_samples, minimum=10)
+    if peers:
+        require_diffusers()
     builds = [("ddpm_course UNet", None)] + ([("diffusers UNet2DModel", DiffusersUNet)] if peers else [])
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

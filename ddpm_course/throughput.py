@@ -94,7 +94,10 @@ def benchmark_throughput(config: TrainConfig, *, steps: int = 20, rounds: int = 
     """
     check_int("steps", steps, minimum=1)
     check_int("rounds", rounds, minimum=2)
-    from .benchmark import DiffusersUNet, training_flops_per_image
+    from .benchmark import DiffusersUNet, require_diffusers, training_flops_per_image
+
+    if peer:
+        require_diffusers()
 
     specs = [("ddpm_course UNet", config, None)]
     specs += [(f"ddpm_course UNet, {key}={value}", config.with_overrides([(key, value)]), None)

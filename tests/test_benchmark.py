@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -96,6 +97,15 @@ def test_peak_flops_calibrates_then_takes_the_median_of_the_rest():
             return self.now
 
     assert peak_matmul_flops("cpu", size=64, repeats=3, clock=Clock()) == pytest.approx(2 * 64**3 * 4 / 2.0)
+
+
+def test_the_peer_without_diffusers_is_refused_before_any_training(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "diffusers", None)       # as if diffusers were not installed
+    for command in (["throughput", "--steps", "1", "--rounds", "2"], ["training", "--minutes", "0.1"]):
+        assert main(["benchmark", *command, "--profile", "ci", "--out", str(tmp_path / command[0])]) == 2
+        err = capsys.readouterr().err
+        assert "error: the diffusers UNet2DModel peer needs the diffusers package: pip install diffusers" in err
+        assert "--no-peer" in err and "Traceback" not in err and not (tmp_path / command[0]).exists()
 
 
 def test_flop_count_of_a_known_network(tiny_config):

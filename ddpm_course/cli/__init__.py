@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError) as error:   # what the user gave: say what to change
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:   # what to change, or install
         if debug:
             raise
         print(f"error: {error}", file=sys.stderr)
