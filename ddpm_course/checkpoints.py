@@ -79,9 +79,11 @@ def read_checkpoint(path, device="cpu") -> dict:
     return read_state(path, device)
 
 
-def initial_weights(path, model_config) -> dict:
-    """The EMA weights (float32) of the checkpoint or shipped model at ``path``, to start a new run
-    from (``TrainConfig.init_from``). Its U-Net must be ``model_config``: weights only fit their net."""
+def initial_weights(path, model_config) -> tuple:
+    """(EMA weights in float32, origin) of the checkpoint or shipped model at ``path``, to start a new
+    run from (``TrainConfig.init_from``). Its U-Net must be ``model_config``: weights fit only their
+    net. origin, which the new run's checkpoints carry in ``info["init_from"]``: the file, its steps,
+    training seconds and data, and its own origin, so that a card can count all the training."""
     state = read_state(path, what="checkpoint to start from (TrainConfig.init_from)")
     saved = TrainConfig.from_dict(state["config"]).model
     if saved != model_config:
@@ -89,7 +91,10 @@ def initial_weights(path, model_config) -> dict:
                           for k, v in vars(saved).items() if getattr(model_config, k) != v)
         raise ValueError(f"TrainConfig.init_from={str(path)!r} holds a different U-Net ({diffs}); its "
                          f"weights fit only the same model config")
-    return {k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}
+    info = state.get("info", {})
+    origin = {"path": str(path), "step": int(state["step"]), "train_seconds": info.get("train_seconds"),
+              "data": info.get("data"), "machine": info.get("machine"), "init_from": info.get("init_from")}
+    return {k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}, origin
 
 
 @dataclass

@@ -77,6 +77,7 @@ def write_card(name: str, evaluation: dict, assets=None, note: str | None = None
         "command": info.get("command"),
         "data": f"{info.get('data')} ({info.get('num_images')} images)",
         "steps": state["step"],
+        **({"init_from": info["init_from"]} if info.get("init_from") else {}),   # training it continued
         "batch_size": config["batch_size"],
         "train_seconds": info.get("train_seconds"),
         "machine": info.get("machine") or describe_machine(torch.device(info.get("device", "cpu"))),
@@ -118,6 +119,18 @@ def add_evaluation(name: str, result: dict, *, primary: bool = False, assets=Non
     return card
 
 
+def training_done(card: dict) -> str:
+    """"3600 steps x 64, 5092 s", or for a run that started from another's weights (its card's
+    ``init_from``), every stage in order: "4626 + 8000 steps x 64, 7697 + 3300 s"."""
+    stages, origin = [(card["steps"], card["train_seconds"])], card.get("init_from")
+    while origin:
+        stages.insert(0, (origin["step"], origin["train_seconds"]))
+        origin = origin.get("init_from")
+    steps = " + ".join(str(step) for step, _ in stages)
+    seconds = " + ".join("?" if sec is None else f"{sec:.0f}" for _, sec in stages)
+    return f"{steps} steps x {card['batch_size']}, {seconds} s"
+
+
 def cards_table(assets=None) -> str:
     """The shipped models' cards as a markdown table (the README's table): one row per evaluation of
     each model present in the assets folder."""
@@ -132,8 +145,8 @@ def cards_table(assets=None) -> str:
             acc = "—" if e["accuracy"] is None else f"{100 * e['accuracy']:.1f}%"
             how = "unconditional" if e["accuracy"] is None else f"guidance {e['guidance_scale']}"
             lines.append(
-                f"| `{name}` | {card['parameters'] / 1e6:.2f}M | {card['steps']} steps x {card['batch_size']}, "
-                f"{card['train_seconds']:.0f} s, {card['machine']} | {e['fid_ratio']:.2f} ({e['fid']:.1f} / "
+                f"| `{name}` | {card['parameters'] / 1e6:.2f}M | {training_done(card)}, "
+                f"{card['machine']} | {e['fid_ratio']:.2f} ({e['fid']:.1f} / "
                 f"{e['fid_floor']:.1f}) | {acc} | {e['inception_score']:.2f} | {e['num_samples']} samples, "
                 f"{e['sampler']} {e['steps']} steps, {how} |")
     return "\n".join(lines)

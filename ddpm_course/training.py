@@ -179,7 +179,7 @@ class Trainer:
         self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.batches = DeviceBatches(self.data, config.batch_size, self.device, seed=config.seed)
         self.step, self.history, self.elapsed = 0, [], 0.0
-        self.saved_step = None
+        self.saved_step, self.origin = None, None     # origin: what init_from started from
         self.path = Path(config.out_dir) / CHECKPOINT_NAME
 
     # -------------------------------------------------------------- checkpoints
@@ -200,6 +200,7 @@ class Trainer:
                 "machine": describe_machine(self.device),
                 "precision": self.precision, "train_seconds": round(self.elapsed, 2),
                 "torch": str(torch.__version__), "ddpm_course": __version__,
+                **({"init_from": self.origin} if self.origin else {}),
             },
         }
 
@@ -223,11 +224,12 @@ class Trainer:
         self.step = self.saved_step = int(state["step"])
         self.history = [tuple(h) for h in state.get("history", [])]
         self.elapsed = float(state.get("info", {}).get("train_seconds", 0.0))
+        self.origin = state.get("info", {}).get("init_from")
         _restore_rng(state["rng"], self.noise_gen, self.config, self.step, self.log)
 
     def start_from_init(self) -> None:
         """Model and EMA start from ``config.init_from``'s EMA weights (a fresh optimizer, step 0)."""
-        weights = initial_weights(self.config.init_from, self.config.model)
+        weights, self.origin = initial_weights(self.config.init_from, self.config.model)
         self.model.load_state_dict(weights)
         self.ema.load_state_dict(weights)
         self.log(f"Starting from the weights of {self.config.init_from}")

@@ -6,7 +6,7 @@ import torch
 
 from ddpm_course import load_checkpoint, load_pretrained, train
 from ddpm_course.assets import assets_dir
-from ddpm_course.pretrained import PRETRAINED, export_pretrained, pretrained_paths, write_card
+from ddpm_course.pretrained import PRETRAINED, export_pretrained, pretrained_paths, training_done, write_card
 
 
 def test_export_and_load_round_trip(tiny_config, tmp_path):
@@ -34,6 +34,15 @@ def test_export_and_load_round_trip(tiny_config, tmp_path):
     export_pretrained(ckpt_path, "mnist-cond", command="train ...", assets=tmp_path, guidance_scale=1.5)
     write_card("mnist-cond", evaluation, assets=tmp_path)
     assert load_pretrained("mnist-cond", assets=tmp_path).sampling["guidance_scale"] == 1.5
+    # a run that started from the shipped weights: its card counts both stages
+    more = train(tiny_config.replace(init_from=str(path), max_steps=2, out_dir=str(tmp_path / "more")),
+                 progress=False, log=lambda *a: None)
+    export_pretrained(more, "mnist-cond", command="train ... --set init_from=...", assets=tmp_path)
+    card = write_card("mnist-cond", evaluation, assets=tmp_path)
+    first = load_checkpoint(ckpt_path).info["train_seconds"]
+    assert card["steps"] == 2 and card["init_from"]["step"] == 6 and card["init_from"]["path"] == str(path)
+    assert training_done(card) == f"6 + 2 steps x 8, {first:.0f} + {card['train_seconds']:.0f} s"
+    assert training_done({**card, "init_from": None}) == f"2 steps x 8, {card['train_seconds']:.0f} s"
     uncond = train(tiny_config.replace(model=replace(tiny_config.model, num_classes=None), p_uncond=0.0, max_steps=1,
                                        out_dir=str(tmp_path / "uncond")), progress=False, log=lambda *a: None)
     with pytest.raises(ValueError, match="guidance_scale=1.5 was given, but .* is an unconditional model"):

@@ -174,9 +174,12 @@ def test_init_from_starts_from_the_ema_weights_and_resumes_without_them(tiny_con
     assert _states_equal(trainer.model.state_dict(), ema) and _states_equal(trainer.ema.state_dict(), ema)
     path, lines = _train_quietly(config)
     assert f"Starting from the weights of {source}" in lines and read_checkpoint(path)["step"] == 2
+    origin = read_checkpoint(path)["info"]["init_from"]          # what the card will count
+    assert origin["path"] == str(source) and origin["step"] == 6 and origin["init_from"] is None
+    assert origin["train_seconds"] == read_checkpoint(source)["info"]["train_seconds"]
     source.unlink()
     _, lines = _train_quietly(config.replace(max_steps=3))
-    assert f"Resuming from {path} at step 2" in lines
+    assert f"Resuming from {path} at step 2" in lines and read_checkpoint(path)["info"]["init_from"] == origin
 
 
 def test_init_from_refuses_another_u_net_and_a_missing_file(tiny_config, tmp_path):
