@@ -80,7 +80,7 @@ def read_checkpoint(path, device="cpu") -> dict:
 
 
 def initial_weights(path, model_config) -> tuple:
-    """(EMA weights in float32, origin) of the checkpoint or shipped model at ``path``, to start a new
+    """(EMA weights, origin) of the checkpoint or shipped model at ``path``, to start a new
     run from (``TrainConfig.init_from``). Its U-Net must be ``model_config``: weights fit only their
     net. origin, which the new run's checkpoints carry in ``info["init_from"]``: the file, its steps,
     training seconds and data, and its own origin, so that a card can count all the training."""
@@ -94,7 +94,7 @@ def initial_weights(path, model_config) -> tuple:
     info = state.get("info", {})
     origin = {"path": str(path), "step": int(state["step"]), "train_seconds": info.get("train_seconds"),
               "data": info.get("data"), "machine": info.get("machine"), "init_from": info.get("init_from")}
-    return {k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}, origin
+    return state["ema"], origin     # float16 weights of a shipped model become float32 on loading
 
 
 @dataclass
