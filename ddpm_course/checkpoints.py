@@ -97,6 +97,16 @@ def initial_weights(path, model_config) -> tuple:
     return state["ema"], origin     # float16 weights of a shipped model become float32 on loading
 
 
+def training_stages(step: int, train_seconds, origin: dict | None) -> list:
+    """[(steps, seconds), ...] of every stage of a model's training, first to last: those of the
+    runs it started from (``origin``, :func:`initial_weights`' chain), then its own."""
+    stages = [(step, train_seconds)]
+    while origin:
+        stages.insert(0, (origin["step"], origin["train_seconds"]))
+        origin = origin.get("init_from")
+    return stages
+
+
 @dataclass
 class Checkpoint:
     """A trained model ready to sample from: ``.ema_model`` is usually the one to use."""
@@ -114,6 +124,12 @@ class Checkpoint:
     @property
     def num_classes(self) -> int | None:
         return self.config.model.num_classes
+
+    @property
+    def steps_trained(self) -> str:
+        """"3600", or with the runs it started from, every stage: "3600 + 5000"."""
+        stages = training_stages(self.step, None, self.info.get("init_from"))
+        return " + ".join(str(step) for step, _ in stages)
 
 
 def _fast_layout(model: UNet) -> UNet:

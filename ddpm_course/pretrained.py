@@ -16,7 +16,14 @@ import torch
 
 from ._checks import check_choice, check_float
 from .assets import asset_paths, file_sha256, read_card, verified_card
-from .checkpoints import PRETRAINED_FORMAT, Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoints import (
+    PRETRAINED_FORMAT,
+    Checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    training_stages,
+)
 from .config import TrainConfig, recommended_sampling
 from .devices import describe_machine
 from .files import atomic_write_json
@@ -122,10 +129,7 @@ def add_evaluation(name: str, result: dict, *, primary: bool = False, assets=Non
 def training_done(card: dict) -> str:
     """"3600 steps x 64, 5092 s", or for a run that started from another's weights (its card's
     ``init_from``), every stage in order: "4626 + 8000 steps x 64, 7697 + 3300 s"."""
-    stages, origin = [(card["steps"], card["train_seconds"])], card.get("init_from")
-    while origin:
-        stages.insert(0, (origin["step"], origin["train_seconds"]))
-        origin = origin.get("init_from")
+    stages = training_stages(card["steps"], card["train_seconds"], card.get("init_from"))
     steps = " + ".join(str(step) for step, _ in stages)
     seconds = " + ".join("?" if sec is None else f"{sec:.0f}" for _, sec in stages)
     return f"{steps} steps x {card['batch_size']}, {seconds} s"

@@ -43,6 +43,7 @@ def test_export_and_load_round_trip(tiny_config, tmp_path):
     assert card["steps"] == 2 and card["init_from"]["step"] == 6 and card["init_from"]["path"] == str(path)
     assert training_done(card) == f"6 + 2 steps x 8, {first:.0f} + {card['train_seconds']:.0f} s"
     assert training_done({**card, "init_from": None}) == f"2 steps x 8, {card['train_seconds']:.0f} s"
+    assert load_pretrained("mnist-cond", assets=tmp_path).steps_trained == "6 + 2"   # what notebooks print
     uncond = train(tiny_config.replace(model=replace(tiny_config.model, num_classes=None), p_uncond=0.0, max_steps=1,
                                        out_dir=str(tmp_path / "uncond")), progress=False, log=lambda *a: None)
     with pytest.raises(ValueError, match="guidance_scale=1.5 was given, but .* is an unconditional model"):

@@ -128,7 +128,7 @@ def describe_model(ckpt: Checkpoint) -> str:
     predicts = "" if cfg.model.prediction == "eps" else f", predicts {cfg.model.prediction} (turned into the noise)"
     s = ckpt.sampling
     return (f"T={cfg.T} {cfg.schedule} schedule, U-Net base {cfg.model.base_channels}, {labels}{predicts}, "
-            f"trained {ckpt.step} steps; recommended sampling {s['sampler']} {s['steps']} steps, "
+            f"trained {ckpt.steps_trained} steps; recommended sampling {s['sampler']} {s['steps']} steps, "
             f"guidance {s['guidance_scale']}")
 
 
