@@ -36,11 +36,12 @@ class TensorImageDataset(Dataset):
     """Images and labels held as tensors.
 
     images: (N, C, H, W) float in [-1, 1]; labels: long (N,). Items are ``(image, label)`` with
-    image (C, H, W) and label an int. ``name`` says where the data came from.
+    image (C, H, W) and label an int. ``name`` says where the data came from; ``split`` is "train" or
+    "test" for a dataset's own split, None for other images (a folder).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, name: str = "images",
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, split: str | None = None):
         if images.ndim != 4 or labels.shape != (images.shape[0],):
             raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {describe(images)} "
                              f"and {describe(labels)}")
@@ -48,6 +49,7 @@ class TensorImageDataset(Dataset):
         self.labels = labels.long()
         self.name = name
         self.num_classes = num_classes
+        self.split = split
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -131,7 +133,7 @@ def _load_idx_dataset(dataset: str, split: str, folders: list, download_fn, down
     if pad:
         x = torch.nn.functional.pad(x, (pad, pad, pad, pad), value=-1.0)
     name = f"{dataset} {split} ({found[0].parent})"
-    return TensorImageDataset(x, labels.long(), name=name, num_classes=10)
+    return TensorImageDataset(x, labels.long(), name=name, num_classes=10, split=split)
 
 
 def load_mnist(split: str = "train", root=None, download: bool = True, *, subset: int | None = None,

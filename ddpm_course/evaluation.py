@@ -208,7 +208,7 @@ def _unpack(checkpoint_or_model, schedule, dataset) -> tuple:
         if schedule is not None or dataset is not None:
             raise ValueError("schedule and dataset come from the checkpoint; pass them only with a bare model")
         return (ckpt.ema_model, ckpt.schedule, ckpt.config.dataset, ckpt.sampling, ckpt.num_classes,
-                str(ckpt.path) if ckpt.path else None, trained_split(ckpt.config.split, ckpt.info.get("data")))
+                str(ckpt.path) if ckpt.path else None, trained_split(ckpt.config.split, ckpt.info))
     if schedule is None or dataset is None:
         raise ValueError("a bare model needs schedule= (its NoiseSchedule) and dataset= (the data it was trained on)")
     num_classes = model_num_classes(checkpoint_or_model)

@@ -92,13 +92,16 @@ def memorisation(samples: torch.Tensor, training: torch.Tensor, *, held_out: tor
     }
 
 
-def trained_split(config_split: str, data_name: str | None) -> str | None:
+def trained_split(config_split: str, info: dict) -> str | None:
     """The split a checkpoint's model trained on: its config's ``split`` when that is "train" or
-    "test"; for "auto", the split named in its ``info["data"]`` (``train`` records e.g.
-    "MNIST test (/data/mnist)"); None when neither says."""
+    "test"; for "auto", the split its training recorded (``info["split"]``), or for checkpoints
+    older than that record, the split named in ``info["data"]`` ("MNIST test (/data/mnist)");
+    None when neither says (a folder of images)."""
     if config_split in ("train", "test"):
         return config_split
-    words = (data_name or "").split()
+    if info.get("split") in ("train", "test"):
+        return info["split"]
+    words = (info.get("data") or "").split()
     return words[1] if len(words) > 1 and words[1] in ("train", "test") else None
 
 

@@ -178,10 +178,11 @@ def test_the_memorisation_check_uses_the_split_the_model_trained_on(tmp_path, mo
     from ddpm_course.evaluation import format_report, memorisation_summary
     from ddpm_course.memorisation import trained_split, training_images
 
-    assert trained_split("auto", "MNIST test (/data/mnist)") == "test"
-    assert trained_split("auto", "Fashion-MNIST train (/usr/share/datasets/fashion-mnist)") == "train"
-    assert trained_split("train", "MNIST test (/x)") == "train" and trained_split("auto", None) is None
-    assert trained_split("auto", "image folder /x") is None
+    assert trained_split("auto", {"split": "test", "data": "my digits"}) == "test"   # recorded by train
+    assert trained_split("auto", {"data": "MNIST test (/data/mnist)"}) == "test"    # older checkpoints
+    assert trained_split("auto", {"data": "Fashion-MNIST train (/usr/share/datasets/fashion-mnist)"}) == "train"
+    assert trained_split("train", {"data": "MNIST test (/x)"}) == "train" and trained_split("auto", {}) is None
+    assert trained_split("auto", {"data": "image folder /x", "split": None}) is None
     monkeypatch.setenv("DDPM_COURSE_DATA", str(tmp_path))
     write_mnist_split(tmp_path / "mnist", "train", 40)
     write_mnist_split(tmp_path / "mnist", "test", 30)

@@ -18,6 +18,20 @@ def _train_quietly(config, resume=True, **kwargs):
     return path, lines
 
 
+def test_an_auto_split_run_records_the_split_it_used(tiny_config, tmp_path):
+    """split="auto" falls back to the test split when the train split is missing; the checkpoint
+    says which, and the memorisation check compares with that split."""
+    from helpers import write_mnist_split
+
+    from ddpm_course.memorisation import trained_split
+
+    write_mnist_split(tmp_path / "only-test", "test", 16)
+    config = tiny_config.replace(split="auto", data_root=str(tmp_path / "only-test"), max_steps=1)
+    ckpt = load_checkpoint(_train_quietly(config)[0])
+    assert ckpt.info["split"] == "test" and ckpt.info["num_images"] == 16
+    assert trained_split(ckpt.config.split, ckpt.info) == "test"
+
+
 def test_train_writes_a_loadable_checkpoint(tiny_config):
     path, _ = _train_quietly(tiny_config)
     ckpt = load_checkpoint(path)
