@@ -235,7 +235,7 @@ def recommended_sampling(num_classes: int | None) -> dict:
 
     DPM-Solver++ in 20 steps; guidance 2 for a conditional model (the best FID ratio at >= 98%
     label accuracy measured for a 1000-step ``cpu``-profile model), 1 (none) for an unconditional one.
-    A longer-trained model needs less: the shipped ``mnist-cond`` (3600 + 5000 steps) recommends 1.25.
+    A longer-trained model needs less: the shipped ``mnist-cond`` (3600 + 5000 steps) recommends 1.1.
     Checkpoints carry this dict, so every command samples a model the same way by default.
     """
     return {"sampler": "dpm_solver", "steps": 20,

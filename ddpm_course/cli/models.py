@@ -47,7 +47,7 @@ def add_sampling_args(p: argparse.ArgumentParser, *, n: int | None = None, eta: 
     if eta:
         p.add_argument("--eta", type=float, default=None, help="DDIM only: 0 deterministic (default), 1 like DDPM")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the checkpoint's; 1.25 for mnist-cond, "
+                   help="classifier-free guidance scale (default: the checkpoint's; 1.1 for mnist-cond, "
                         "1.5 for fashion-cond)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
