@@ -83,7 +83,7 @@ def initial_weights(path, model_config) -> tuple:
     """(EMA weights, origin) of the checkpoint or shipped model at ``path``, to start a new
     run from (``TrainConfig.init_from``). Its U-Net must be ``model_config``: weights fit only their
     net. origin, which the new run's checkpoints carry in ``info["init_from"]``: the file, its steps,
-    training seconds and data, and its own origin, so that a card can count all the training."""
+    batch size, training seconds and data, and its own origin, so that a card can count all the training."""
     state = read_state(path, what="checkpoint to start from (TrainConfig.init_from)")
     saved = TrainConfig.from_dict(state["config"]).model
     if saved != model_config:
@@ -92,17 +92,19 @@ def initial_weights(path, model_config) -> tuple:
         raise ValueError(f"TrainConfig.init_from={str(path)!r} holds a different U-Net ({diffs}); its "
                          f"weights fit only the same model config")
     info = state.get("info", {})
-    origin = {"path": str(path), "step": int(state["step"]), "train_seconds": info.get("train_seconds"),
+    origin = {"path": str(path), "step": int(state["step"]), "batch_size": state["config"].get("batch_size"),
+              "train_seconds": info.get("train_seconds"),
               "data": info.get("data"), "machine": info.get("machine"), "init_from": info.get("init_from")}
     return state["ema"], origin     # float16 weights of a shipped model become float32 on loading
 
 
-def training_stages(step: int, train_seconds, origin: dict | None) -> list:
-    """[(steps, seconds), ...] of every stage of a model's training, first to last: those of the
-    runs it started from (``origin``, :func:`initial_weights`' chain), then its own."""
-    stages = [(step, train_seconds)]
+def training_stages(step: int, train_seconds, origin: dict | None, batch_size: int | None = None) -> list:
+    """[(steps, seconds, batch size), ...] of every stage of a model's training, first to last: those
+    of the runs it started from (``origin``, :func:`initial_weights`' chain), then its own. A batch
+    size is None where the stage did not record it (origins written before session 13)."""
+    stages = [(step, train_seconds, batch_size)]
     while origin:
-        stages.insert(0, (origin["step"], origin["train_seconds"]))
+        stages.insert(0, (origin["step"], origin["train_seconds"], origin.get("batch_size")))
         origin = origin.get("init_from")
     return stages
 
@@ -129,7 +131,7 @@ class Checkpoint:
     def steps_trained(self) -> str:
         """"3600", or with the runs it started from, every stage: "3600 + 5000"."""
         stages = training_stages(self.step, None, self.info.get("init_from"))
-        return " + ".join(str(step) for step, _ in stages)
+        return " + ".join(str(step) for step, _, _ in stages)
 
 
 def _fast_layout(model: UNet) -> UNet:

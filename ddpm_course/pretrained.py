@@ -128,11 +128,15 @@ def add_evaluation(name: str, result: dict, *, primary: bool = False, assets=Non
 
 def training_done(card: dict) -> str:
     """"3600 steps x 64, 5092 s", or for a run that started from another's weights (its card's
-    ``init_from``), every stage in order: "4626 + 8000 steps x 64, 7697 + 3300 s"."""
-    stages = training_stages(card["steps"], card["train_seconds"], card.get("init_from"))
-    steps = " + ".join(str(step) for step, _ in stages)
-    seconds = " + ".join("?" if sec is None else f"{sec:.0f}" for _, sec in stages)
-    return f"{steps} steps x {card['batch_size']}, {seconds} s"
+    ``init_from``), every stage in order: "4626 + 8000 steps x 64, 7697 + 3300 s". Stages with
+    different batch sizes say each one's: "4626 x 64 + 3000 x 128 steps" ("?" where not recorded)."""
+    stages = training_stages(card["steps"], card["train_seconds"], card.get("init_from"), card["batch_size"])
+    if all(batch == card["batch_size"] for _, _, batch in stages):
+        steps = " + ".join(str(step) for step, _, _ in stages) + f" steps x {card['batch_size']}"
+    else:
+        steps = " + ".join(f"{step} x {'?' if batch is None else batch}" for step, _, batch in stages) + " steps"
+    seconds = " + ".join("?" if sec is None else f"{sec:.0f}" for _, sec, _ in stages)
+    return f"{steps}, {seconds} s"
 
 
 def cards_table(assets=None) -> str:

@@ -43,6 +43,11 @@ def test_export_and_load_round_trip(tiny_config, tmp_path):
     assert card["steps"] == 2 and card["init_from"]["step"] == 6 and card["init_from"]["path"] == str(path)
     assert training_done(card) == f"6 + 2 steps x 8, {first:.0f} + {card['train_seconds']:.0f} s"
     assert training_done({**card, "init_from": None}) == f"2 steps x 8, {card['train_seconds']:.0f} s"
+    assert card["init_from"]["batch_size"] == 8   # each stage's own batch size; when they differ, each is shown
+    bigger = {**card, "batch_size": 16}
+    assert training_done(bigger) == f"6 x 8 + 2 x 16 steps, {first:.0f} + {card['train_seconds']:.0f} s"
+    unrecorded = {**bigger, "init_from": {**card["init_from"], "batch_size": None}}   # origins before session 13
+    assert training_done(unrecorded).startswith("6 x ? + 2 x 16 steps")
     assert load_pretrained("mnist-cond", assets=tmp_path).steps_trained == "6 + 2"   # what notebooks print
     uncond = train(tiny_config.replace(model=replace(tiny_config.model, num_classes=None), p_uncond=0.0, max_steps=1,
                                        out_dir=str(tmp_path / "uncond")), progress=False, log=lambda *a: None)
