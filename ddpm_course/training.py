@@ -196,7 +196,7 @@ class Trainer:
             "history": [list(h) for h in self.history],
             "sampling": recommended_sampling(self.config.model.num_classes),
             "info": {
-                "data": self.data.name, "split": getattr(self.data, "split", None), "num_images": len(self.data),
+                "data": self.data.name, "split": self.data.split, "num_images": len(self.data),
                 "device": str(self.device),
                 "machine": describe_machine(self.device),
                 "precision": self.precision, "train_seconds": round(self.elapsed, 2),
