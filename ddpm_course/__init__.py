@@ -11,6 +11,7 @@ training, ema, checkpoints, data, config, generation, evaluation, ...); the cour
 """
 
 from ._version import COLAB_REPO, __version__
+from .autoguidance import AutoGuided, autoguided
 from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from .config import PROFILES, TrainConfig, default_profile_name, get_profile, recommended_sampling
 from .data import (
@@ -50,6 +51,8 @@ from .visualize import ProcessRecorder, process_grid, save_gif, save_grid, show_
 
 __all__ = [
     "__version__",
+    "AutoGuided",
+    "autoguided",
     "Checkpoint",
     "class_labels",
     "DEFAULT_STEPS",

@@ -191,8 +191,10 @@ def sampling_table(rows: list, checkpoint, num_samples: int, seed: int) -> str:
     """The markdown table of :func:`benchmark_sampling`; with a DDPM row, each FID is also given
     relative to DDPM's."""
     ddpm = next((r["fid"] for r in rows if r["sampler"] == "ddpm"), None)
+    auto = rows[0].get("autoguidance", 1.0)
+    auto = f", autoguidance {auto} (two networks per model call)" if auto != 1.0 else ""
     lines = [f"Checkpoint `{checkpoint}`, {num_samples} samples per row, guidance "
-             f"{rows[0]['guidance_scale']}, seed {seed}; FID floor (real vs real, same N) "
+             f"{rows[0]['guidance_scale']}{auto}, seed {seed}; FID floor (real vs real, same N) "
              f"{rows[0]['fid_floor']:.2f}.", "",
              "| sampler | model calls | FID | FID ratio |" + (" FID / DDPM's |" if ddpm else "")
              + " label accuracy | seconds |",
@@ -206,7 +208,7 @@ def sampling_table(rows: list, checkpoint, num_samples: int, seed: int) -> str:
 
 
 def benchmark_sampling(ckpt, specs, *, num_samples: int = 500, guidance_scale: float | None = None, seed: int = 0,
-                       out="benchmarks", log=print) -> str:
+                       out="benchmarks", log=print, autoguidance: float | None = None) -> str:
     """Quality against steps: one :func:`evaluate_checkpoint` row per sampler spec ("ddim:50").
 
     The table (``sampling.md``) and rows (``sampling.json``) in ``out`` are rewritten after every
@@ -217,7 +219,7 @@ def benchmark_sampling(ckpt, specs, *, num_samples: int = 500, guidance_scale: f
     rows, table = [], ""
     for sampler, steps in parsed:
         result = evaluate_checkpoint(ckpt, num_samples=num_samples, sampler=sampler, steps=steps,
-                                     guidance_scale=guidance_scale, seed=seed)
+                                     guidance_scale=guidance_scale, seed=seed, autoguidance=autoguidance)
         rows.append(result)
         log(f"{sampler} {result['steps']} steps: FID ratio {result['fid_ratio']:.2f}, {result['seconds']:.1f}s")
         table = sampling_table(rows, ckpt.path, num_samples, seed)

@@ -121,7 +121,8 @@ class Checkpoint:
     path: Path | None = None
     history: list = field(default_factory=list)  # [(step, mean loss), ...]
     info: dict = field(default_factory=dict)     # data used, wall time, versions
-    sampling: dict = field(default_factory=dict)  # recommended sampler, steps and guidance_scale
+    sampling: dict = field(default_factory=dict)  # recommended sampler, steps, guidance_scale (autoguidance)
+    guide: UNet | None = None    # a worse model to guide this one with (autoguidance.py), if it ships one
 
     @property
     def num_classes(self) -> int | None:
@@ -157,6 +158,24 @@ def load_checkpoint(path, device="cpu") -> Checkpoint:
         model = ema_model
     schedule = NoiseSchedule.from_name(config.schedule, config.T).to(device)
     model, ema_model = (_fast_layout(m) for m in (model, ema_model))
+    guide = _fast_layout(_guide_model(state["guide"], device)).eval() if "guide" in state else None
     return Checkpoint(model.eval(), ema_model.eval(), schedule, config, int(state["step"]), Path(path),
                       [tuple(h) for h in state.get("history", [])], dict(state.get("info", {})),
-                      dict(state.get("sampling") or recommended_sampling(config.model.num_classes)))
+                      dict(state.get("sampling") or recommended_sampling(config.model.num_classes)), guide)
+
+
+def _guide_model(guide_state: dict, device) -> UNet:
+    """The guide a shipped model carries (``state["guide"]``: its config, step, EMA weights, info)."""
+    guide = UNet(TrainConfig.from_dict(guide_state["config"]).model).to(device)
+    guide.load_state_dict(guide_state["ema"])
+    return guide
+
+
+def load_guide(path, schedule: NoiseSchedule, device="cpu") -> UNet:
+    """The EMA model of the checkpoint or shipped model at ``path``, to guide a model trained with
+    ``schedule`` (``--guide``; see :mod:`ddpm_course.autoguidance`). Its schedule must be the same."""
+    from .autoguidance import check_same_schedule
+
+    guide = load_checkpoint(path, device)
+    check_same_schedule(schedule, guide.schedule)
+    return guide.ema_model

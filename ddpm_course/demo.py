@@ -14,7 +14,7 @@ import torch
 
 from .checkpoints import Checkpoint, load_checkpoint
 from .config import demo_config
-from .generation import checkpoint_settings, generate_samples
+from .generation import checkpoint_settings, generate_samples, guide_for
 from .pretrained import load_pretrained, pretrained_paths
 from .training import train
 from .visualize import ProcessRecorder, save_gif, save_grid
@@ -46,7 +46,7 @@ def run_demo(ckpt: Checkpoint, out, *, sampler: str | None = None, steps: int | 
     log(f"Sampling 100 digits with {settings.describe()}")
     recorder = ProcessRecorder(settings.steps, num_frames=min(25, settings.steps), kind="x_t")
     x = generate_samples(ckpt.ema_model, ckpt.schedule, 100, settings, labels=labels, seed=seed, callback=recorder,
-                         progress=progress)
+                         progress=progress, guide=guide_for(ckpt, settings))
     grid = save_grid(x, Path(out) / "samples.png", nrow=10)
     gif = save_gif(recorder.finish(x), Path(out) / "denoising.gif", nrow=10, fps=8)
     return grid, gif

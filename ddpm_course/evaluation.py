@@ -195,7 +195,7 @@ class Evaluation(NamedTuple):
 
 def _unpack(checkpoint_or_model, schedule, dataset) -> tuple:
     """(model, schedule, dataset, recommended sampling, num_classes, checkpoint path or None, the
-    split it trained on or None)."""
+    split it trained on or None, the guide it ships or None)."""
     from .checkpoints import Checkpoint, load_checkpoint
     from .config import recommended_sampling
     from .guidance import model_num_classes
@@ -208,36 +208,40 @@ def _unpack(checkpoint_or_model, schedule, dataset) -> tuple:
         if schedule is not None or dataset is not None:
             raise ValueError("schedule and dataset come from the checkpoint; pass them only with a bare model")
         return (ckpt.ema_model, ckpt.schedule, ckpt.config.dataset, ckpt.sampling, ckpt.num_classes,
-                str(ckpt.path) if ckpt.path else None, trained_split(ckpt.config.split, ckpt.info))
+                str(ckpt.path) if ckpt.path else None, trained_split(ckpt.config.split, ckpt.info), ckpt.guide)
     if schedule is None or dataset is None:
         raise ValueError("a bare model needs schedule= (its NoiseSchedule) and dataset= (the data it was trained on)")
     num_classes = model_num_classes(checkpoint_or_model)
-    return checkpoint_or_model, schedule, dataset, recommended_sampling(num_classes), num_classes, None, None
+    return checkpoint_or_model, schedule, dataset, recommended_sampling(num_classes), num_classes, None, None, None
 
 
 def sample_and_evaluate(checkpoint_or_model, *, num_samples: int = 1000, sampler: str | None = None,
                         steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
                         evaluator=None, schedule=None, dataset: str | None = None,
-                        batch_size: int = 250) -> Evaluation:
+                        batch_size: int = 250, autoguidance: float | None = None, guide=None) -> Evaluation:
     """:func:`evaluate_checkpoint`, also returning the samples, labels and evaluator it used."""
     from .evaluator import evaluator_for, load_evaluator
     from .generation import generate_samples, image_shape, sampling_settings
 
     check_int("num_samples", num_samples, minimum=2)
-    model, schedule, dataset, recommended, num_classes, path, split = _unpack(checkpoint_or_model, schedule, dataset)
+    model, schedule, dataset, recommended, num_classes, path, split, shipped_guide = _unpack(checkpoint_or_model,
+                                                                                             schedule, dataset)
     device = next(model.parameters()).device
     if not isinstance(evaluator, nn.Module):
         evaluator = load_evaluator(evaluator_for(dataset, evaluator), device)
     settings = sampling_settings(recommended, num_classes, schedule.T, sampler=sampler, steps=steps,
-                                 guidance_scale=guidance_scale)
+                                 guidance_scale=guidance_scale, autoguidance=autoguidance)
+    if guide is None and settings.autoguidance != 1.0:
+        guide = shipped_guide
     real_a, real_b = reference_images(dataset, num_samples, image_size=image_shape(model)[1])
     labels = torch.arange(num_samples) % num_classes if num_classes else None
     start = time.perf_counter()
     samples = generate_samples(model, schedule, num_samples, settings, labels=labels, batch_size=batch_size,
-                               seed=seed)
+                               seed=seed, guide=guide)
     seconds = time.perf_counter() - start
     result = {**({"checkpoint": path} if path else {}), "sampler": settings.sampler, "steps": settings.steps,
-              "guidance_scale": settings.guidance_scale, "seed": seed,
+              "guidance_scale": settings.guidance_scale,
+              **({"autoguidance": settings.autoguidance} if settings.autoguidance != 1.0 else {}), "seed": seed,
               **evaluate_samples(evaluator, samples, real_a, real_b, labels), "seconds": round(seconds, 2),
               "memorisation": memorisation_summary(samples, dataset, image_shape(model)[1], split)}
     return Evaluation(result, samples, labels, evaluator)
@@ -269,8 +273,10 @@ def evaluate_checkpoint(checkpoint_or_model, *, num_samples: int = 1000, sampler
     ``schedule=`` and ``dataset=``); the image shape comes from the model's config. Settings left
     None come from the checkpoint's recommendation (``ckpt.sampling``). Conditional models get every
     class in turn. evaluator: None (the one of the model's dataset), a name, or a loaded evaluator.
-    Also ``batch_size`` (250). Returns a dict: checkpoint (if any), sampler, steps, guidance_scale,
-    seed, the metrics of :func:`evaluate_samples` and seconds (sampling time).
+    Also ``batch_size`` (250), ``autoguidance`` (None: the checkpoint's recommendation, 1 without)
+    and ``guide`` (None: the one the checkpoint ships; :mod:`ddpm_course.autoguidance`). Returns a
+    dict: checkpoint (if any), sampler, steps, guidance_scale, autoguidance (when not 1), seed, the
+    metrics of :func:`evaluate_samples` and seconds (sampling time).
     """
     return sample_and_evaluate(checkpoint_or_model, num_samples=num_samples, sampler=sampler, steps=steps,
                                guidance_scale=guidance_scale, seed=seed, evaluator=evaluator, **kwargs).result
@@ -287,7 +293,8 @@ def format_report(r: dict) -> str:
     """A short table of an evaluation's numbers."""
     acc = "n/a (unconditional)" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
     rows = [
-        ("samples", f"{r['num_samples']} ({r['sampler']}, {r['steps']} steps, guidance {r['guidance_scale']})"),
+        ("samples", f"{r['num_samples']} ({r['sampler']}, {r['steps']} steps, guidance {r['guidance_scale']}"
+                    + (f", autoguidance {r['autoguidance']}" if r.get("autoguidance", 1.0) != 1.0 else "") + ")"),
         ("FID (evaluator features)", f"{r['fid']:.3f}"),
         ("FID floor (real vs real, same N)", f"{r['fid_floor']:.3f}"),
         ("FID ratio (1 = real)", f"{r['fid_ratio']:.2f}"),

@@ -18,21 +18,25 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from ._checks import check_int
+from ._checks import check_float, check_int
+from .autoguidance import autoguided
 from .sampling import num_model_calls, sample
 
 
 class SamplingSettings(NamedTuple):
-    """What a generation uses: a sampler name, its model calls, the guidance scale and DDIM's eta."""
+    """What a generation uses: a sampler name, its model calls, the guidance scale, DDIM's eta and
+    the autoguidance scale (1: none; see :mod:`ddpm_course.autoguidance`)."""
 
     sampler: str
     steps: int
     guidance_scale: float
     eta: float | None = None
+    autoguidance: float = 1.0
 
     def describe(self) -> str:
         eta = f", eta {self.eta}" if self.eta is not None else ""
-        return f"{self.sampler}, {self.steps} steps, guidance {self.guidance_scale}{eta}"
+        auto = f", autoguidance {self.autoguidance}" if self.autoguidance != 1.0 else ""
+        return f"{self.sampler}, {self.steps} steps, guidance {self.guidance_scale}{eta}{auto}"
 
 
 def image_shape(model) -> tuple:
@@ -46,12 +50,12 @@ def image_shape(model) -> tuple:
 
 def sampling_settings(recommended: dict, num_classes: int | None, T: int, *, sampler: str | None = None,
                       steps: int | None = None, guidance_scale: float | None = None,
-                      eta: float | None = None) -> SamplingSettings:
+                      eta: float | None = None, autoguidance: float | None = None) -> SamplingSettings:
     """Complete the caller's settings with a checkpoint's ``recommended`` ones (``ckpt.sampling``).
 
     num_classes: None when the samples get no labels (an unconditional model, or labels "none").
     A sampler other than the recommended one starts from its own default steps. Guidance without
-    labels is an error, never silently dropped.
+    labels is an error, never silently dropped. autoguidance None: the recommended one (1 if none).
     """
     if guidance_scale is not None and num_classes is None and guidance_scale != 1.0:
         raise ValueError(f"guidance_scale={guidance_scale} needs class labels: the model is unconditional or "
@@ -62,7 +66,10 @@ def sampling_settings(recommended: dict, num_classes: int | None, T: int, *, sam
     steps = num_model_calls(name, steps, T)
     if guidance_scale is None:
         guidance_scale = recommended.get("guidance_scale", 1.0) if num_classes is not None else 1.0
-    return SamplingSettings(name, steps, float(guidance_scale), eta)
+    if autoguidance is None:
+        autoguidance = recommended.get("autoguidance", 1.0)
+    autoguidance = check_float("autoguidance", autoguidance, minimum=0.0)
+    return SamplingSettings(name, steps, float(guidance_scale), eta, autoguidance)
 
 
 def class_labels(spec: str | None, n: int, num_classes: int | None) -> torch.Tensor | None:
@@ -89,10 +96,18 @@ def class_labels(spec: str | None, n: int, num_classes: int | None) -> torch.Ten
 
 def sample_batches(model, schedule, n: int, settings: SamplingSettings, *, labels: torch.Tensor | None = None,
                    batch_size: int | None = None, seed: int = 0, callback: Callable | None = None,
-                   progress: bool = False):
+                   progress: bool = False, guide=None):
     """Yield (index of the first image, samples (m, C, H, W) on the CPU, their labels or None) for
-    ``n`` samples in batches of ``batch_size`` (None: one batch), batch k seeded with seed + first."""
+    ``n`` samples in batches of ``batch_size`` (None: one batch), batch k seeded with seed + first.
+
+    guide: the worse model that ``settings.autoguidance`` != 1 guides ``model`` with (a
+    checkpoint's ``ckpt.guide``); an error if it is needed and missing, or given and unused.
+    """
     check_int("n", n, minimum=1)
+    if guide is not None and settings.autoguidance == 1.0:
+        raise ValueError("a guide was given but autoguidance is 1 (no autoguidance): give an autoguidance scale "
+                         "other than 1, or leave the guide out")
+    model = autoguided(model, guide, settings.autoguidance)
     batch_size = check_int("batch_size", n if batch_size is None else batch_size, minimum=1)
     if labels is not None and len(labels) != n:
         raise ValueError(f"labels must hold n={n} labels, got {len(labels)}")
@@ -119,6 +134,12 @@ def checkpoint_settings(ckpt, labels: torch.Tensor | None, **given) -> SamplingS
                              **given)
 
 
+def guide_for(ckpt, settings: SamplingSettings):
+    """The guide that ``settings`` use for ``ckpt``: ``ckpt.guide`` when autoguidance != 1, else None
+    (a checkpoint that ships a guide can still be sampled alone, with autoguidance 1)."""
+    return ckpt.guide if settings.autoguidance != 1.0 else None
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Images (B, C, H, W) in [-1, 1] -> uint8 (B, H, W) for one channel, (B, H, W, C) otherwise."""
     pixels = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -135,7 +156,7 @@ def export_images(ckpt, out, n: int, settings: SamplingSettings, *, labels: torc
     out = Path(out)
     rows, written = [], 0
     for first, x, y in sample_batches(ckpt.ema_model, ckpt.schedule, n, settings, labels=labels,
-                                      batch_size=batch_size, seed=seed):
+                                      batch_size=batch_size, seed=seed, guide=guide_for(ckpt, settings)):
         for i, image in enumerate(to_uint8(x).numpy()):
             name = f"{first + i:05d}.png"
             write_image(out / name, image)

@@ -20,6 +20,7 @@ from .checkpoints import (
     PRETRAINED_FORMAT,
     Checkpoint,
     load_checkpoint,
+    load_guide,
     read_checkpoint,
     save_checkpoint,
     training_stages,
@@ -29,7 +30,7 @@ from .devices import describe_machine
 from .files import atomic_write_json
 
 PRETRAINED = ("mnist-cond", "mnist-uncond", "fashion-cond")  # the last: Fashion-MNIST, 10 kinds of clothing
-SAME_EVALUATION = ("sampler", "steps", "guidance_scale", "num_samples", "seed")
+SAME_EVALUATION = ("sampler", "steps", "guidance_scale", "autoguidance", "num_samples", "seed")
 
 
 def pretrained_paths(name: str, assets=None) -> tuple:
@@ -38,13 +39,20 @@ def pretrained_paths(name: str, assets=None) -> tuple:
     return asset_paths(f"pretrained-{name}", assets)
 
 
+def _half(weights: dict) -> dict:
+    return {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+
+
 def export_pretrained(checkpoint, name: str, *, command: str, assets=None,
-                      guidance_scale: float | None = None) -> Path:
+                      guidance_scale: float | None = None, guide=None, autoguidance: float | None = None) -> Path:
     """Write the EMA weights of ``checkpoint`` (float16), its config and sampling settings as
     ``pretrained-NAME.pt``. Returns the path; :func:`write_card` adds the card once it is evaluated.
 
     guidance_scale: the classifier-free guidance the shipped model recommends (what every command
     and notebook samples it with by default); None keeps the checkpoint's. Conditional models only.
+    guide, autoguidance: a worse checkpoint of the same U-Net and noise schedule that the file
+    carries (its EMA weights in float16, config, steps and info) and the autoguidance scale the
+    shipped model recommends with it (:mod:`ddpm_course.autoguidance`); both or neither.
     """
     state = read_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"])
@@ -59,19 +67,48 @@ def export_pretrained(checkpoint, name: str, *, command: str, assets=None,
         "format": PRETRAINED_FORMAT,
         "config": state["config"],
         "step": state["step"],
-        "ema": {k: v.half() if v.is_floating_point() else v for k, v in state["ema"].items()},
+        "ema": _half(state["ema"]),
         "history": state.get("history", []),
         "info": {**state.get("info", {}), "command": command},
     }
+    if (guide is None) != (autoguidance is None) or autoguidance == 1.0:
+        raise ValueError(f"guide and autoguidance come together (a guide, and a scale other than 1 to use it "
+                         f"at), got guide={guide!r}, autoguidance={autoguidance!r}")
+    if guide is not None:
+        payload["guide"] = _guide_payload(guide, checkpoint)
+        sampling["autoguidance"] = check_float("autoguidance", autoguidance, minimum=0.0)
     payload["sampling"] = sampling
     return save_checkpoint(payload, weights)
+
+
+def _guide_payload(guide, checkpoint) -> dict:
+    """What a shipped file keeps of its guide: float16 EMA weights, config, steps, info and origin,
+    after checking that the guide can guide the model (same U-Net shape, prediction and schedule)."""
+    from .autoguidance import AutoGuided
+
+    model = load_checkpoint(checkpoint)
+    AutoGuided(model.ema_model, load_guide(guide, model.schedule), 2.0)   # refuses other images, target, schedule
+    state = read_checkpoint(guide)
+    return {"config": state["config"], "step": state["step"], "ema": _half(state["ema"]),
+            "info": {**state.get("info", {}), "path": str(guide)}}
 
 
 def evaluation_command(weights, result: dict) -> str:
     """The ``evaluate`` command that reproduces ``result`` (an :func:`evaluate_checkpoint` dict)."""
     return (f"python -m ddpm_course evaluate --checkpoint {Path(os.path.relpath(weights)).as_posix()} "
             f"--num-samples {result['num_samples']} --sampler {result['sampler']} --steps {result['steps']} "
-            f"--guidance {result['guidance_scale']} --seed {result['seed']}")
+            f"--guidance {result['guidance_scale']}"
+            + (f" --autoguidance {result['autoguidance']}" if result.get("autoguidance", 1.0) != 1.0 else "")
+            + f" --seed {result['seed']}")
+
+
+def _guide_card(guide: dict) -> dict:
+    """The card's account of a shipped guide: how it was trained, on what, for how long."""
+    info = guide["info"]
+    return {"command": info.get("command"), "exported_from": info.get("path"), "steps": guide["step"],
+            "batch_size": guide["config"]["batch_size"], "train_seconds": info.get("train_seconds"),
+            "data": f"{info.get('data')} ({info.get('num_images')} images)", "machine": info.get("machine"),
+            "parameters": sum(v.numel() for v in guide["ema"].values() if v.is_floating_point())}
 
 
 def write_card(name: str, evaluation: dict, assets=None, note: str | None = None) -> dict:
@@ -92,6 +129,7 @@ def write_card(name: str, evaluation: dict, assets=None, note: str | None = None
         "weights": "EMA weights stored in float16; sampling runs in float32",
         "parameters": sum(v.numel() for v in state["ema"].values() if v.is_floating_point()),
         "config": config,
+        **({"guide": _guide_card(state["guide"])} if "guide" in state else {}),
         "evaluation": {**evaluation, "command": evaluation_command(weights, evaluation)},
         "torch": info.get("torch"),
         "note": note,
@@ -152,6 +190,8 @@ def cards_table(assets=None) -> str:
         for e in [card["evaluation"]] + card.get("more_evaluations", []):
             acc = "—" if e["accuracy"] is None else f"{100 * e['accuracy']:.1f}%"
             how = "unconditional" if e["accuracy"] is None else f"guidance {e['guidance_scale']}"
+            if e.get("autoguidance", 1.0) != 1.0:
+                how += f", autoguidance {e['autoguidance']} (guide: {card['guide']['steps']} steps)"
             lines.append(
                 f"| `{name}` | {card['parameters'] / 1e6:.2f}M | {training_done(card)}, "
                 f"{card['machine']} | {e['fid_ratio']:.2f} ({e['fid']:.1f} / "
@@ -161,7 +201,8 @@ def cards_table(assets=None) -> str:
 
 
 def load_pretrained(name: str = "mnist-cond", device="cpu", assets=None) -> Checkpoint:
-    """A shipped model, ready to sample: ``ckpt.ema_model`` (== ``ckpt.model``), ``ckpt.schedule``.
+    """A shipped model, ready to sample: ``ckpt.ema_model`` (== ``ckpt.model``), ``ckpt.schedule``,
+    and ``ckpt.guide``, the worse model its card's autoguidance uses (``mnist-uncond``), else None.
 
     Checks the weights' sha256 against the card first.
     """

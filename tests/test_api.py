@@ -109,9 +109,9 @@ def test_step_functions_share_one_shape():
 
 def test_settings_come_from_the_checkpoint_unless_given():
     cond = {"sampler": "dpm_solver", "steps": 20, "guidance_scale": 2.0}
-    assert sampling_settings(cond, 10, 1000) == ("dpm_solver", 20, 2.0, None)
-    assert sampling_settings(cond, 10, 1000, sampler="ddim") == ("ddim", 50, 2.0, None)   # ddim's own default
-    assert sampling_settings(cond, 10, 1000, sampler="ddpm", guidance_scale=1.0) == ("ddpm", 1000, 1.0, None)
+    assert sampling_settings(cond, 10, 1000) == ("dpm_solver", 20, 2.0, None, 1.0)
+    assert sampling_settings(cond, 10, 1000, sampler="ddim") == ("ddim", 50, 2.0, None, 1.0)   # ddim's own default
+    assert sampling_settings(cond, 10, 1000, sampler="ddpm", guidance_scale=1.0) == ("ddpm", 1000, 1.0, None, 1.0)
     assert sampling_settings(cond, None, 1000).guidance_scale == 1.0     # no labels: no guidance
     with pytest.raises(ValueError, match="guidance_scale=3.0 needs class labels"):
         sampling_settings(cond, None, 1000, guidance_scale=3.0)

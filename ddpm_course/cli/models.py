@@ -6,14 +6,14 @@ import argparse
 import ast
 from pathlib import Path
 
-from ..checkpoints import load_checkpoint
+from ..checkpoints import load_checkpoint, load_guide
 from ..config import PROFILES, default_profile_name, get_profile
 from ..demo import demo_checkpoint, make_figures, run_demo
 from ..devices import resolve_device
 from ..distributed import is_main_process
 from ..evaluation import format_report, inception_fid, reference_images, sample_and_evaluate, sample_scores
 from ..files import atomic_write_json, check_writable_folder
-from ..generation import checkpoint_settings, class_labels, export_images, generate_samples
+from ..generation import checkpoint_settings, class_labels, export_images, generate_samples, guide_for
 from ..sampling import SAMPLERS
 from ..training import train
 from ..visualize import ProcessRecorder, check_image_path, save_gif, save_grid
@@ -49,13 +49,31 @@ def add_sampling_args(p: argparse.ArgumentParser, *, n: int | None = None, eta: 
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default: the checkpoint's; 1.1 for mnist-cond, "
                         "1.5 for fashion-cond)")
+    p.add_argument("--autoguidance", type=float, default=None,
+                   help="guide the model with a worse version of itself at this scale (1: not; default: the "
+                        "checkpoint's, 1.5 for mnist-uncond, with the guide it ships)")
+    p.add_argument("--guide", default=None,
+                   help="checkpoint of the worse model for --autoguidance (default: the one the checkpoint ships)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
 
 
+def _load(args):
+    """The checkpoint of ``--checkpoint``, with the model of ``--guide`` as its guide when given."""
+    ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    if args.guide is not None:
+        scale = ckpt.sampling.get("autoguidance", 1.0) if args.autoguidance is None else args.autoguidance
+        if scale == 1.0:
+            raise ValueError(f"--guide {args.guide} was given, but autoguidance is 1 (none): give "
+                             "--autoguidance W with W != 1 (e.g. 1.5), or leave --guide out")
+        ckpt.guide = load_guide(args.guide, ckpt.schedule, resolve_device(args.device))
+    return ckpt
+
+
 def _settings(ckpt, labels, args):
     settings = checkpoint_settings(ckpt, labels, sampler=args.sampler, steps=args.steps,
-                                   guidance_scale=args.guidance, eta=getattr(args, "eta", None))
+                                   guidance_scale=args.guidance, eta=getattr(args, "eta", None),
+                                   autoguidance=args.autoguidance)
     print(f"Sampling with {settings.describe()}")
     return settings
 
@@ -75,13 +93,13 @@ def cmd_sample(args) -> int:
     check_image_path(args.out, "--out")
     if args.gif:
         check_image_path(args.gif, "--gif")
-    ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    ckpt = _load(args)
     labels = class_labels(args.labels, args.n, ckpt.num_classes)
     settings = _settings(ckpt, labels, args)
     recorder = (ProcessRecorder(settings.steps, num_frames=args.gif_frames, kind="x0" if args.gif_x0 else "x_t")
                 if args.gif else None)
     x = generate_samples(ckpt.ema_model, ckpt.schedule, args.n, settings, labels=labels, seed=args.seed,
-                         callback=recorder, progress=True)
+                         callback=recorder, progress=True, guide=guide_for(ckpt, settings))
     nrow = ckpt.num_classes if labels is not None and args.labels in (None, "all") else 8
     print(f"Grid: {save_grid(x, args.out, nrow=nrow)}")
     if recorder is not None:
@@ -91,7 +109,7 @@ def cmd_sample(args) -> int:
 
 def cmd_export(args) -> int:
     check_writable_folder(args.out, "--out")
-    ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    ckpt = _load(args)
     labels = class_labels(args.labels, args.n, ckpt.num_classes)
     written = export_images(ckpt, args.out, args.n, _settings(ckpt, labels, args), labels=labels,
                             batch_size=args.batch_size, seed=args.seed)
@@ -104,11 +122,12 @@ def cmd_evaluate(args) -> int:
         check_writable_folder(Path(args.json).parent, "the folder of --json")
     if args.grid:
         check_image_path(args.grid, "--grid")
-    ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    ckpt = _load(args)
     evaluation = sample_and_evaluate(ckpt, num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
                                      guidance_scale=args.guidance, seed=args.seed, evaluator=args.evaluator,
-                                     batch_size=args.batch_size)
-    result = {**evaluation.result, "checkpoint": str(args.checkpoint)}
+                                     batch_size=args.batch_size, autoguidance=args.autoguidance)
+    result = {**evaluation.result, "checkpoint": str(args.checkpoint),
+              **({"guide": str(args.guide)} if args.guide else {})}
     if args.inception:
         real = reference_images(ckpt.config.dataset, args.num_samples, image_size=ckpt.config.model.image_size)[0]
         result["inception_fid"] = inception_fid(evaluation.samples, real)

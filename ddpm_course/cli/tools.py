@@ -27,7 +27,7 @@ from .models import parse_override
 def cmd_benchmark_sampling(args) -> int:
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
     table = benchmark_sampling(ckpt, args.samplers, num_samples=args.num_samples, guidance_scale=args.guidance,
-                               seed=args.seed, out=args.out)
+                               seed=args.seed, out=args.out, autoguidance=args.autoguidance)
     print(f"\n{table}\n\nWrote {Path(args.out) / 'sampling.md'} and {Path(args.out) / 'sampling.json'}")
     return 0
 
@@ -93,7 +93,8 @@ def cmd_evaluator(args) -> int:
 
 
 def cmd_pretrained(args) -> int:
-    path = export_pretrained(args.checkpoint, args.name, command=args.command, guidance_scale=args.guidance)
+    path = export_pretrained(args.checkpoint, args.name, command=args.command, guidance_scale=args.guidance,
+                             guide=args.guide, autoguidance=args.autoguidance)
     result = evaluate_checkpoint(load_checkpoint(path, resolve_device(args.device)), num_samples=args.num_samples)
     print(format_report(result))
     card = write_card(args.name, result, note=args.note)
@@ -166,6 +167,8 @@ def add_commands(sub) -> None:
     q.add_argument("--samplers", nargs="+", default=list(DEFAULT_SAMPLING_GRID),
                    help="specs like ddpm ddim:50 dpm_solver:20 (default: %(default)s)")
     q.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's recommendation")
+    q.add_argument("--autoguidance", type=float, default=None,
+                   help="default: the checkpoint's recommendation (1: the model alone)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="auto")
     q.add_argument("--out", default="benchmarks", help="folder for sampling.md and sampling.json")
@@ -232,6 +235,10 @@ def add_commands(sub) -> None:
     q.add_argument("--num-samples", dest="num_samples", type=int, default=1000)
     q.add_argument("--guidance", type=float, default=None,
                    help="the guidance the shipped model recommends and is evaluated at (default: the checkpoint's)")
+    q.add_argument("--guide", default=None,
+                   help="a worse checkpoint of the same U-Net that the shipped file carries, to guide it with")
+    q.add_argument("--autoguidance", type=float, default=None,
+                   help="with --guide: the autoguidance scale the shipped model recommends and is evaluated at")
     q.add_argument("--device", default="auto")
     q.add_argument("--note", default=None, help="anything a reader of the card should know")
     q.set_defaults(func=cmd_pretrained)
