@@ -63,14 +63,15 @@ def make_figures(ckpt: Checkpoint, out, *, guidance_scales=(0.0, 1.0, 3.0, 5.0),
     labels = torch.arange(10).repeat(seeds)                       # rows of 0-9, one row per seed
     for w in guidance_scales:
         settings = checkpoint_settings(ckpt, labels, sampler="dpm_solver", steps=steps, guidance_scale=w)
-        x = generate_samples(ckpt.ema_model, ckpt.schedule, len(labels), settings, labels=labels, seed=seed)
+        x = generate_samples(ckpt.ema_model, ckpt.schedule, len(labels), settings, labels=labels, seed=seed,
+                             guide=guide_for(ckpt, settings))
         paths.append(save_grid(x, out / f"guidance_{w:g}.png", nrow=10))
         log(f"guidance {w}: {paths[-1]}")
     labels = torch.arange(10).repeat_interleave(seeds)            # seeds consecutive per digit
     settings = checkpoint_settings(ckpt, labels, sampler="ddim", steps=gif_steps, guidance_scale=gif_guidance)
     recorder = ProcessRecorder(gif_steps, num_frames=gif_frames, kind="x_t")
     x = generate_samples(ckpt.ema_model, ckpt.schedule, len(labels), settings._replace(eta=1.0), labels=labels,
-                         seed=seed, callback=recorder)
+                         seed=seed, callback=recorder, guide=guide_for(ckpt, settings))
     frames = recorder.finish(x)
     for digit in range(10):
         part = [f[digit * seeds:(digit + 1) * seeds] for f in frames]
