@@ -12,7 +12,7 @@ grad log [p_model(x_t) / p_guide(x_t)]: where the two agree it changes nothing, 
 spreads probability that the better model has learnt to avoid (malformed digits), the samples are
 pushed away from it. The guide must make the same kind of errors as the model, only more of them:
 the paper's guides are smaller and shorter-trained versions of the model; ours is the same U-Net
-after 1000 steps. It costs a second network pass per step.
+after 1000 training steps. It costs a second network pass per step.
 
 Measured on the shipped ``mnist-uncond`` (``docs/RESULTS.md``): FID ratio 2.61 alone, 1.49 guided
 at w = 1.5 by the 1000-step ``cpu``-profile model of the same U-Net, N = 1000, seed 0.
