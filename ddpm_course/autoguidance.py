@@ -24,11 +24,20 @@ import torch
 from torch import nn
 
 from ._checks import check_float, describe
+from .guidance import model_num_classes
 from .targets import model_prediction
 
 
-def _num_classes(model) -> int | None:
-    return getattr(getattr(model, "config", None), "num_classes", None)
+def check_guide(model: nn.Module, guide: nn.Module) -> None:
+    """Refuse a guide that cannot guide ``model``: other image shape, labels or prediction target."""
+    for key in ("image_channels", "image_size", "num_classes"):
+        ours, theirs = getattr(model.config, key), getattr(getattr(guide, "config", None), key, None)
+        if ours != theirs:
+            raise ValueError(f"the guide must make the model's images: model {key}={ours!r}, "
+                             f"guide {key}={theirs!r}")
+    if model_prediction(model) != model_prediction(guide):
+        raise ValueError(f"the guide must predict what the model predicts: model {model_prediction(model)!r}, "
+                         f"guide {model_prediction(guide)!r}")
 
 
 class AutoGuided(nn.Module):
@@ -43,17 +52,10 @@ class AutoGuided(nn.Module):
     def __init__(self, model: nn.Module, guide: nn.Module, scale: float):
         super().__init__()
         check_float("autoguidance", scale, minimum=0.0)
-        for key in ("image_channels", "image_size", "num_classes"):
-            ours, theirs = getattr(model.config, key), getattr(getattr(guide, "config", None), key, None)
-            if ours != theirs:
-                raise ValueError(f"the guide must make the model's images: model {key}={ours!r}, "
-                                 f"guide {key}={theirs!r}")
-        if model_prediction(model) != model_prediction(guide):
-            raise ValueError(f"the guide must predict what the model predicts: model {model_prediction(model)!r}, "
-                             f"guide {model_prediction(guide)!r}")
+        check_guide(model, guide)
         self.model, self.guide, self.scale = model, guide, float(scale)
         self.config = model.config
-        self.num_classes = _num_classes(model)
+        self.num_classes = model_num_classes(model)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         args = (x_t, t) if labels is None else (x_t, t, labels)

@@ -43,6 +43,10 @@ def _half(weights: dict) -> dict:
     return {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
 
 
+def _num_parameters(weights: dict) -> int:
+    return sum(v.numel() for v in weights.values() if v.is_floating_point())
+
+
 def export_pretrained(checkpoint, name: str, *, command: str, assets=None,
                       guidance_scale: float | None = None, guide=None, autoguidance: float | None = None) -> Path:
     """Write the EMA weights of ``checkpoint`` (float16), its config and sampling settings as
@@ -84,10 +88,10 @@ def export_pretrained(checkpoint, name: str, *, command: str, assets=None,
 def _guide_payload(guide, checkpoint) -> dict:
     """What a shipped file keeps of its guide: float16 EMA weights, config, steps, info and origin,
     after checking that the guide can guide the model (same U-Net shape, prediction and schedule)."""
-    from .autoguidance import AutoGuided
+    from .autoguidance import check_guide
 
     model = load_checkpoint(checkpoint)
-    AutoGuided(model.ema_model, load_guide(guide, model.schedule), 2.0)   # refuses other images, target, schedule
+    check_guide(model.ema_model, load_guide(guide, model.schedule))   # load_guide refuses another schedule
     state = read_checkpoint(guide)
     return {"config": state["config"], "step": state["step"], "ema": _half(state["ema"]),
             "info": {**state.get("info", {}), "path": str(guide)}}
@@ -108,7 +112,7 @@ def _guide_card(guide: dict) -> dict:
     return {"command": info.get("command"), "exported_from": info.get("path"), "steps": guide["step"],
             "batch_size": guide["config"]["batch_size"], "train_seconds": info.get("train_seconds"),
             "data": f"{info.get('data')} ({info.get('num_images')} images)", "machine": info.get("machine"),
-            "parameters": sum(v.numel() for v in guide["ema"].values() if v.is_floating_point())}
+            "parameters": _num_parameters(guide["ema"])}
 
 
 def write_card(name: str, evaluation: dict, assets=None, note: str | None = None) -> dict:
@@ -127,7 +131,7 @@ def write_card(name: str, evaluation: dict, assets=None, note: str | None = None
         "machine": info.get("machine") or describe_machine(torch.device(info.get("device", "cpu"))),
         "precision": info.get("precision"),
         "weights": "EMA weights stored in float16; sampling runs in float32",
-        "parameters": sum(v.numel() for v in state["ema"].values() if v.is_floating_point()),
+        "parameters": _num_parameters(state["ema"]),
         "config": config,
         **({"guide": _guide_card(state["guide"])} if "guide" in state else {}),
         "evaluation": {**evaluation, "command": evaluation_command(weights, evaluation)},

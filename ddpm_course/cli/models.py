@@ -13,7 +13,14 @@ from ..devices import resolve_device
 from ..distributed import is_main_process
 from ..evaluation import format_report, inception_fid, reference_images, sample_and_evaluate, sample_scores
 from ..files import atomic_write_json, check_writable_folder
-from ..generation import checkpoint_settings, class_labels, export_images, generate_samples, guide_for
+from ..generation import (
+    checkpoint_settings,
+    class_labels,
+    export_images,
+    generate_samples,
+    guide_for,
+    sampling_settings,
+)
 from ..sampling import SAMPLERS
 from ..training import train
 from ..visualize import ProcessRecorder, check_image_path, save_gif, save_grid
@@ -62,7 +69,7 @@ def _load(args):
     """The checkpoint of ``--checkpoint``, with the model of ``--guide`` as its guide when given."""
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
     if args.guide is not None:
-        scale = ckpt.sampling.get("autoguidance", 1.0) if args.autoguidance is None else args.autoguidance
+        scale = sampling_settings(ckpt.sampling, None, ckpt.schedule.T, autoguidance=args.autoguidance).autoguidance
         if scale == 1.0:
             raise ValueError(f"--guide {args.guide} was given, but autoguidance is 1 (none): give "
                              "--autoguidance W with W != 1 (e.g. 1.5), or leave --guide out")
