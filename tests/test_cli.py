@@ -173,6 +173,24 @@ def test_benchmark_recipe_refuses_a_bad_variant_before_training(tmp_path, capsys
     assert not runs.exists()
 
 
+def test_benchmark_recipe_set_changes_every_row_the_baseline_included(tmp_path, monkeypatch, capsys):
+    from ddpm_course import study
+
+    seen = {}
+
+    def record(config, variants, **kwargs):
+        seen.update(config=config, variants=variants)
+        return []
+
+    monkeypatch.setattr(study, "run_recipe_study", record)
+    assert main(["benchmark", "recipe", "--profile", "ci", "--set", "max_steps=7", "--set", "schedule=linear",
+                 "--variant", "lr=0.002", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    assert (seen["config"].max_steps, seen["config"].schedule) == (7, "linear")   # the baseline row's config
+    assert seen["variants"] == [(("lr", 0.002),)]
+    assert main(["benchmark", "recipe", "--profile", "ci", "--set", "max_steps=0"]) == 2
+    assert "TrainConfig.max_steps" in capsys.readouterr().err
+
+
 def test_benchmark_sampling(ci_checkpoint, tmp_path):
     out = tmp_path / "bench"
     assert main(["benchmark", "sampling", "--checkpoint", str(ci_checkpoint), "--num-samples", "20",

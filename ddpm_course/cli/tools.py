@@ -70,7 +70,7 @@ def cmd_benchmark_recipe(args) -> int:
     from ..study import run_recipe_study, write_recipe_study
 
     name = args.profile or default_profile_name()
-    config = get_profile(name).with_overrides([("device", args.device)])
+    config = get_profile(name).with_overrides([("device", args.device)] + (args.set or []))
     rows = run_recipe_study(config, args.variant or [], seeds=args.seeds, num_samples=args.num_samples,
                             guidance_scales=args.guidance, out_dir=args.runs,
                             log=lambda *a, **k: print(*a, flush=True),
@@ -202,6 +202,9 @@ def add_commands(sub) -> None:
     q.add_argument("--variant", action="append", type=parse_variant, metavar="KEY=VALUE[,KEY=VALUE]",
                    help="a recipe to compare with the profile as it is, e.g. --variant lr_schedule=cosine "
                    "--variant batch_size=128,lr=0.002 (a row each)")
+    q.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
+                   help="change the profile for every row, the baseline included (as train --set), e.g. "
+                   "--set max_steps=1650")
     q.add_argument("--seeds", type=int, nargs="+", default=[0])
     q.add_argument("--num-samples", dest="num_samples", type=int, default=1000)
     q.add_argument("--guidance", type=float, nargs="+", default=[None], metavar="W",
