@@ -267,13 +267,20 @@ def training_flops_per_image(config: TrainConfig, batch: int = 4, model: nn.Modu
     return counter.get_total_flops() / batch
 
 
+# Achieved training FLOP/s of the `t4` profile on an H100 (session 16, docs/RESULTS.md, "The `t4`
+# profile on an H100"): `benchmark throughput --profile t4 --device cuda`, 3541 img/s x 3.73 GFLOP.
+H100_T4_PROFILE_FLOPS = 13.2e12
+
+
 def profiles_table(*, flops: bool = False, measure: int = 0, device: str = "auto", log=print) -> str:
     """The README's profile table, printed row by row through ``log``: size and budget of each
-    profile; with ``flops`` the training FLOPs and the T4 minutes they imply at 10-20 TFLOP/s (an
-    estimate); with ``measure`` the training images/s over about ``measure`` steps of 64 images."""
+    profile; with ``flops`` the training FLOPs and the minutes they imply at the rate the ``t4``
+    profile sustained on an H100 (:data:`H100_T4_PROFILE_FLOPS`; a lower bound for a T4); with
+    ``measure`` the training images/s over about ``measure`` steps of 64 images."""
     header = "| profile | parameters | T | schedule | batch | steps | conditional | budget |"
     if flops:
-        header += " train GFLOP/image | PFLOP per run | T4 minutes at 10-20 TFLOP/s (estimate) |"
+        header += (f" train GFLOP/image | PFLOP per run | minutes at {H100_T4_PROFILE_FLOPS / 1e12:.1f} TFLOP/s "
+                   "(the `t4` profile's rate on an H100; a T4 is slower) |")
     if measure:
         header += " train img/s |"
     lines = [header, "|---" * header.count(" |") + "|"]
@@ -287,7 +294,7 @@ def profiles_table(*, flops: bool = False, measure: int = 0, device: str = "auto
         if flops:
             per_image = training_flops_per_image(cfg)
             total = per_image * cfg.batch_size * cfg.max_steps
-            line += f" {per_image / 1e9:.2f} | {total / 1e15:.2f} | {total / 20e12 / 60:.1f}-{total / 10e12 / 60:.1f} |"
+            line += f" {per_image / 1e9:.2f} | {total / 1e15:.2f} | {total / H100_T4_PROFILE_FLOPS / 60:.1f} |"
         if measure:
             steps = max(6, int(measure * 64 / cfg.batch_size))
             line += f" {measure_throughput(cfg.replace(device=device), steps):.0f} |"

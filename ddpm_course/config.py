@@ -55,6 +55,8 @@ class TrainConfig:
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is usual); None: off
     ema_decay: float = 0.999      # EMA of the weights used for sampling; 0 disables it
     p_uncond: float = 0.1         # label dropout for classifier-free guidance (conditional models)
+    guidance: float | None = None  # the guidance scale its checkpoints recommend for sampling (conditional
+                                   # models; None: 2). Measured per profile: better-trained models want less
     mixed_precision: str = "auto"  # "auto" (bf16 or fp16 on CUDA, none on CPU), "no", "fp16", "bf16"
     channels_last: bool = False   # NHWC memory layout; speeds up convolutions on the CPU (and often a GPU)
     fused_optimizer: bool = False  # one fused kernel for the whole AdamW update (CPU and CUDA) instead of a loop
@@ -103,6 +105,12 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.lr_schedule='cosine' decays the lr after the warm-up, but warmup_steps="
                 f"{self.warmup_steps} >= max_steps={self.max_steps} leaves no steps to decay over")
+        if self.guidance is not None:
+            check_float("TrainConfig.guidance", self.guidance, minimum=0.0)
+            if self.model.num_classes is None:
+                raise ValueError(
+                    f"TrainConfig.guidance={self.guidance} is the classifier-free guidance scale its checkpoints "
+                    "recommend, but the model is unconditional (model.num_classes=None); set guidance=None")
         if self.p_uncond > 0 and self.model.num_classes is None:
             raise ValueError(
                 f"TrainConfig.p_uncond={self.p_uncond} drops labels for classifier-free guidance, but "
@@ -175,14 +183,16 @@ def _cpu() -> TrainConfig:
 
 
 def _t4() -> TrainConfig:
-    # Sized by its FLOP count (`profiles --flops`), not yet timed on a T4: 3.7 GFLOP per training
-    # image, 3.8 PFLOP in all, 3.2-6.4 min at 10-20 TFLOP/s. The first version (base 64, 6000
-    # steps: 10.2 PFLOP, 8.5-17 min) could not fit the 5-minute budget.
+    # Sized by its FLOP count (`profiles --flops`: 3.7 GFLOP per training image, 3.8 PFLOP in all).
+    # Timed on an H100 (session 16, docs/RESULTS.md): the whole `train --profile t4` command took
+    # 5.1 min (about 3500 img/s, 13 TFLOP/s: 2% of the bf16 matrix-multiply peak, so small kernels,
+    # not arithmetic, set the pace); a T4 is not measured and will be slower than that. Judged at
+    # N = 1000: FID ratio 1.46 and 99.6% of labels right at guidance 1.25 (2.59 at 1.5, 3.57 at 1.75).
     return TrainConfig(
         model=UNetConfig(base_channels=48, channel_mults=(1, 2, 2), num_res_blocks=2,
                          attention_resolutions=(7,), dropout=0.1, num_classes=10),
         T=1000, schedule="linear", batch_size=256, lr=4e-4, warmup_steps=200, max_steps=4000,
-        ema_decay=0.999, checkpoint_every=1000, log_every=100, out_dir="runs/t4",
+        ema_decay=0.999, guidance=1.25, checkpoint_every=1000, log_every=100, out_dir="runs/t4",
     )
 
 
@@ -230,17 +240,21 @@ def profile_info(name: str) -> Profile:
     return PROFILES[name]
 
 
-def recommended_sampling(num_classes: int | None) -> dict:
+def recommended_sampling(num_classes: int | None, guidance: float | None = None) -> dict:
     """The sampler a model with ``num_classes`` (None: unconditional) is sampled with unless told otherwise.
 
-    DPM-Solver++ in 20 steps; guidance 2 for a conditional model (the best FID ratio at >= 98%
-    label accuracy measured for a 1000-step ``cpu``-profile model), 1 (none) for an unconditional one.
-    A longer-trained model needs less: the shipped ``mnist-cond`` (3600 + 5000 steps) recommends 1.1.
+    DPM-Solver++ in 20 steps; for a conditional model the guidance scale ``guidance`` (its
+    ``TrainConfig.guidance``, measured per profile), else 2 (the best FID ratio at >= 98% label
+    accuracy measured for the first 1000-step ``cpu``-profile model); 1 (none) for an unconditional
+    one. A better-trained model needs less: the shipped ``mnist-cond`` (3600 + 5000 steps) recommends 1.1.
     Checkpoints carry this dict, so every command samples a model the same way by default.
     """
-    return {"sampler": "dpm_solver", "steps": 20,
-            "guidance_scale": 2.0 if num_classes is not None else 1.0}
-
+    if num_classes is None:
+        if guidance is not None:
+            raise ValueError(f"guidance={guidance} was given for an unconditional model (no labels to guide "
+                             "with); leave it out")
+        return {"sampler": "dpm_solver", "steps": 20, "guidance_scale": 1.0}
+    return {"sampler": "dpm_solver", "steps": 20, "guidance_scale": 2.0 if guidance is None else float(guidance)}
 
 
 def default_profile_name() -> str:

@@ -39,7 +39,8 @@ from .unet import UNet
 CHECKPOINT_NAME = "checkpoint.pt"
 # Fields that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "log_every", "out_dir", "device", "data_root",
-                     "compile", "fused_optimizer")   # the last two change speed, not the arithmetic's meaning
+                     "compile", "fused_optimizer",   # these two change speed, not the arithmetic's meaning
+                     "guidance")                     # how its checkpoints are sampled, not how it trains
 
 
 class TrainingDiverged(FloatingPointError):
@@ -194,7 +195,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(self.noise_gen),
             "history": [list(h) for h in self.history],
-            "sampling": recommended_sampling(self.config.model.num_classes),
+            "sampling": recommended_sampling(self.config.model.num_classes, self.config.guidance),
             "info": {
                 "data": self.data.name, "split": self.data.split, "num_images": len(self.data),
                 "device": str(self.device),

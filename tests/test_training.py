@@ -320,10 +320,24 @@ def test_split_auto_falls_back_to_test_and_says_so(tiny_config, tmp_path):
     (dict(timesteps="sobol"), r"TrainConfig.timesteps must be one of \['uniform', 'stratified'\]"),
     (dict(ema_decay=1.0), "TrainConfig.ema_decay must be < 1"),
     (dict(model=dict(num_classes=None)), "p_uncond=0.2 drops labels"),
+    (dict(guidance=-1.0), "TrainConfig.guidance must be >= 0"),
+    (dict(model=dict(num_classes=None), p_uncond=0.0, guidance=1.5),
+     r"TrainConfig.guidance=1.5 is the classifier-free guidance scale .* unconditional .* set guidance=None"),
 ])
 def test_bad_train_config(tiny_config, changes, match):
     with pytest.raises(ValueError, match=match):
         tiny_config.replace(**changes).validate()
+
+
+def test_a_checkpoint_recommends_its_configs_guidance(tiny_config):
+    assert load_checkpoint(_train_quietly(tiny_config.replace(max_steps=1))[0]).sampling["guidance_scale"] == 2.0
+    ckpt = load_checkpoint(_train_quietly(tiny_config.replace(max_steps=1, guidance=1.3,
+                                                              out_dir=tiny_config.out_dir + "-w"))[0])
+    assert ckpt.sampling == {"sampler": "dpm_solver", "steps": 20, "guidance_scale": 1.3}
+    resumed = load_checkpoint(_train_quietly(tiny_config.replace(max_steps=2, guidance=1.6,
+                                                                 out_dir=tiny_config.out_dir + "-w"))[0])
+    assert (resumed.step, resumed.sampling["guidance_scale"]) == (2, 1.6)   # a recommendation: free on resume
+    assert get_profile("t4").guidance == 1.25        # measured per profile (docs/RESULTS.md)
 
 
 def test_fp16_on_cpu_is_refused(tiny_config):

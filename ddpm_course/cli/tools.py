@@ -217,7 +217,7 @@ def add_commands(sub) -> None:
                    help="also measure training images/s over about STEPS steps of 64 images each")
     p.add_argument("--device", default="auto", help="device for --measure (default %(default)s)")
     p.add_argument("--flops", action="store_true", help="also count training FLOPs per image and per run, and "
-                   "estimate the minutes a T4 needs at 10-20 TFLOP/s sustained (an estimate, not a measurement)")
+                   "the minutes they take at the t4 profile's rate measured on an H100 (a T4 is slower)")
     p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("evaluator", help="train the offline digit classifier used by 'evaluate'")
