@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ._checks import check_float, check_int
-from .config import PROFILES, TrainConfig, get_profile
+from .config import PROFILES, TrainConfig, get_profile, recommended_sampling
 from .evaluation import evaluate_checkpoint
 from .evaluator import evaluator_for, load_evaluator
 from .files import atomic_write_json, atomic_write_text
@@ -277,7 +277,7 @@ def profiles_table(*, flops: bool = False, measure: int = 0, device: str = "auto
     profile; with ``flops`` the training FLOPs and the minutes they imply at the rate the ``t4``
     profile sustained on an H100 (:data:`H100_T4_PROFILE_FLOPS`; a lower bound for a T4); with
     ``measure`` the training images/s over about ``measure`` steps of 64 images."""
-    header = "| profile | parameters | T | schedule | batch | steps | conditional | budget |"
+    header = "| profile | parameters | T | schedule | lr | batch | steps | guidance | budget |"
     if flops:
         header += (f" train GFLOP/image | PFLOP per run | minutes at {H100_T4_PROFILE_FLOPS / 1e12:.1f} TFLOP/s "
                    "(the `t4` profile's rate on an H100; a T4 is slower) |")
@@ -288,8 +288,10 @@ def profiles_table(*, flops: bool = False, measure: int = 0, device: str = "auto
         log(line)
     for name, profile in PROFILES.items():
         cfg = get_profile(name)
+        guidance = recommended_sampling(cfg.model.num_classes, cfg.guidance)["guidance_scale"]
         line = (f"| `{name}` | {UNet(cfg.model).num_parameters() / 1e6:.2f}M | {cfg.T} | {cfg.schedule} | "
-                f"{cfg.batch_size} | {cfg.max_steps} | {'yes' if cfg.model.num_classes else 'no'} | "
+                f"{cfg.lr:g}, {cfg.lr_schedule} | {cfg.batch_size} | {cfg.max_steps} | "
+                f"{guidance:g}{'' if cfg.model.num_classes else ' (unconditional)'} | "
                 f"{profile.budget_minutes:g} min on {profile.machine} |")
         if flops:
             per_image = training_flops_per_image(cfg)

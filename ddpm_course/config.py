@@ -57,7 +57,7 @@ class TrainConfig:
     p_uncond: float = 0.1         # label dropout for classifier-free guidance (conditional models)
     guidance: float | None = None  # the guidance scale its checkpoints recommend for sampling (conditional
                                    # models; None: 2). Measured per profile: better-trained models want less
-    mixed_precision: str = "auto"  # "auto" (bf16 or fp16 on CUDA, none on CPU), "no", "fp16", "bf16"
+    mixed_precision: str = "auto"  # "auto" (bf16 or fp16 on CUDA, none on CPU), "no", "fp16", "bf16" (also CPU)
     channels_last: bool = False   # NHWC memory layout; speeds up convolutions on the CPU (and often a GPU)
     fused_optimizer: bool = False  # one fused kernel for the whole AdamW update (CPU and CUDA) instead of a loop
     compile: bool = False         # torch.compile the network: a slow first step, then faster ones where it pays
@@ -173,11 +173,16 @@ def _ci() -> TrainConfig:
 
 
 def _cpu() -> TrainConfig:
+    # Sized to 10 minutes on the 2-core Intel Xeon of sessions 12-16 (1600 steps took 599 s there; a
+    # 2-core AMD EPYC of earlier sessions is about 3.5x slower). The recipe is the recipe study's
+    # winner (docs/RESULTS.md, sessions 13-16): the cosine noise schedule, a cosine learning-rate
+    # decay from 2e-3, one t per stratum of [0, T) in each batch, guidance 1.5 when sampling.
     return TrainConfig(
         model=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                          attention_resolutions=(7,), num_classes=10),
-        T=1000, schedule="linear", batch_size=64, lr=1e-3, warmup_steps=100, max_steps=1000,
-        ema_decay=0.995, checkpoint_every=500, log_every=50, out_dir="runs/cpu",
+        T=1000, schedule="cosine", batch_size=64, lr=2e-3, warmup_steps=100, lr_schedule="cosine",
+        timesteps="stratified", max_steps=1550, ema_decay=0.995, guidance=1.5,
+        checkpoint_every=500, log_every=50, out_dir="runs/cpu",
         channels_last=True,  # measured: 1.16x training images/s on the 2-core development CPU
     )
 
@@ -230,7 +235,7 @@ PROFILES = {
                   NotebookSizes(quick=True, num_images=8, sampler_steps=10, ddpm_steps=25, eval_samples=100,
                                 gif_frames=8)),
     "cpu": Profile(_cpu, "a 2-core CPU", 10.0),
-    "t4": Profile(_t4, "a Colab T4 GPU", 5.0),
+    "t4": Profile(_t4, "a Colab T4 GPU (a goal: an H100 took 5.1)", 5.0),
 }
 
 

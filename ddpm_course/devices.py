@@ -38,11 +38,15 @@ def describe_machine(device: torch.device) -> str:
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """The autocast dtype to use: "no" off CUDA; "auto" is bf16 on Ampere or newer, else fp16."""
+    """The autocast dtype to use: "auto" is bf16 on Ampere or newer GPUs, fp16 on older ones (with a
+    gradient scaler), none off CUDA. On the CPU "bf16" may be asked for (CPU autocast), "fp16" may
+    not; bf16 was measured 0.91x the float32 speed of the ``cpu`` profile on a 2-core Intel Xeon
+    with AMX bf16 units (docs/RESULTS.md, session 16), so "auto" stays float32 there."""
     if device.type != "cuda":
-        if setting in ("fp16", "bf16"):
-            raise ValueError(f"mixed_precision={setting!r} needs a CUDA device, got device {device}")
-        return "no"
+        if setting == "fp16" or (setting == "bf16" and device.type != "cpu"):
+            raise ValueError(f"mixed_precision={setting!r} needs a CUDA device"
+                             f"{' (or the CPU, for bf16)' if setting == 'bf16' else ''}, got device {device}")
+        return "bf16" if setting == "bf16" else "no"
     if setting != "auto":
         return setting
     major, _ = torch.cuda.get_device_capability(device)

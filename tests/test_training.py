@@ -341,8 +341,28 @@ def test_a_checkpoint_recommends_its_configs_guidance(tiny_config):
 
 
 def test_fp16_on_cpu_is_refused(tiny_config):
-    with pytest.raises(ValueError, match="mixed_precision='fp16' needs a CUDA device"):
+    with pytest.raises(ValueError, match="mixed_precision='fp16' needs a CUDA device, got device cpu"):
         _train_quietly(tiny_config.replace(mixed_precision="fp16", device="cpu"))
+
+
+def test_bf16_on_the_cpu_trains_under_autocast_and_resumes_exactly(tiny_config, monkeypatch):
+    from ddpm_course.devices import resolve_precision
+
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) == "no"
+    with pytest.raises(ValueError, match=r"mixed_precision='bf16' needs a CUDA device \(or the CPU, for bf16\)"):
+        resolve_precision("bf16", torch.device("mps"))
+    dtypes = []
+    real = torch.nn.Conv2d.forward
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", lambda self, x: dtypes.append(real(self, x).dtype) or real(self, x))
+    config = tiny_config.replace(mixed_precision="bf16", device="cpu", max_steps=4)
+    once, _ = _train_quietly(config)
+    assert torch.bfloat16 in dtypes                                # the convolutions ran in bf16
+    state = read_checkpoint(once)
+    assert state["info"]["precision"] == "bf16" and all(v.dtype == torch.float32 for v in state["ema"].values())
+    _train_quietly(config.replace(max_steps=2, out_dir=tiny_config.out_dir + "-r"))
+    twice = read_checkpoint(_train_quietly(config.replace(out_dir=tiny_config.out_dir + "-r"))[0])
+    assert all(torch.equal(state["ema"][k], twice["ema"][k]) for k in state["ema"])   # 2 steps, resumed to 4: exact
 
 
 def test_config_round_trip_and_profiles(monkeypatch):
