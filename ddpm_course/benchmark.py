@@ -291,7 +291,7 @@ def profiles_table(*, flops: bool = False, measure: int = 0, device: str = "auto
         guidance = recommended_sampling(cfg.model.num_classes, cfg.guidance)["guidance_scale"]
         line = (f"| `{name}` | {UNet(cfg.model).num_parameters() / 1e6:.2f}M | {cfg.T} | {cfg.schedule} | "
                 f"{cfg.lr:g}, {cfg.lr_schedule} | {cfg.batch_size} | {cfg.max_steps} | "
-                f"{guidance:g}{'' if cfg.model.num_classes else ' (unconditional)'} | "
+                f"{guidance:g} | "
                 f"{profile.budget_minutes:g} min on {profile.machine} |")
         if flops:
             per_image = training_flops_per_image(cfg)

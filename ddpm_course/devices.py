@@ -43,10 +43,12 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     not; bf16 was measured 0.91x the float32 speed of the ``cpu`` profile on a 2-core Intel Xeon
     with AMX bf16 units (docs/RESULTS.md, session 16), so "auto" stays float32 there."""
     if device.type != "cuda":
-        if setting == "fp16" or (setting == "bf16" and device.type != "cpu"):
-            raise ValueError(f"mixed_precision={setting!r} needs a CUDA device"
-                             f"{' (or the CPU, for bf16)' if setting == 'bf16' else ''}, got device {device}")
-        return "bf16" if setting == "bf16" else "no"
+        if setting == "bf16" and device.type == "cpu":
+            return "bf16"   # CPU autocast
+        if setting in ("fp16", "bf16"):
+            where = " (or the CPU, for bf16)" if setting == "bf16" else ""
+            raise ValueError(f"mixed_precision={setting!r} needs a CUDA device{where}, got device {device}")
+        return "no"
     if setting != "auto":
         return setting
     major, _ = torch.cuda.get_device_capability(device)
