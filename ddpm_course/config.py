@@ -48,6 +48,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # "constant" (a run can be extended), or "cosine": decays to 0 at max_steps
     weight_decay: float = 0.0     # AdamW weight decay
     optimizer: str = "adamw"      # "adamw" or "adam"
+    adam_beta2: float = 0.999     # the optimiser's second-moment decay (Adam's beta2); lower adapts faster
     max_steps: int = 5000         # optimisation steps in all (a resumed run continues to this)
     grad_clip: float | None = 1.0  # clip the gradient norm to this (None = no clipping)
     loss: str = "mse"             # "mse" (DDPM's simple loss) or "l1"
@@ -95,6 +96,7 @@ class TrainConfig:
             check_int("TrainConfig.subset", self.subset, minimum=1)
         check_float("TrainConfig.lr", self.lr, minimum=0.0, open_min=True)
         check_float("TrainConfig.weight_decay", self.weight_decay, minimum=0.0)
+        check_float("TrainConfig.adam_beta2", self.adam_beta2, minimum=0.0, maximum=1.0, open_max=True)
         check_float("TrainConfig.ema_decay", self.ema_decay, minimum=0.0, maximum=1.0, open_max=True)
         check_float("TrainConfig.p_uncond", self.p_uncond, minimum=0.0, maximum=1.0)
         if self.min_snr_gamma is not None:

@@ -132,7 +132,8 @@ def _optimizer(opt, model: torch.nn.Module, config: TrainConfig, device: torch.d
     """AdamW or Adam over the model's parameters; fused into one kernel when ``fused_optimizer``."""
     fused = {"fused": True} if config.fused_optimizer else {}
     try:
-        return opt(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
+        return opt(model.parameters(), lr=config.lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay,
+                   **fused)
     except (RuntimeError, TypeError, ValueError) as error:
         if not fused:
             raise

@@ -227,10 +227,21 @@ def test_speed_switches_may_change_on_resume(tiny_config):
     assert all(group["fused"] for group in trainer.optimizer.param_groups)   # the config's choice, not the file's
 
 
+def test_adam_beta2_reaches_the_optimiser_and_is_kept_on_resume(tiny_config):
+    from ddpm_course.training import Trainer
+
+    config = tiny_config.replace(adam_beta2=0.95, max_steps=2)
+    trainer = Trainer(config, log=lambda *_: None)
+    assert all(group["betas"] == (0.9, 0.95) for group in trainer.optimizer.param_groups)
+    _train_quietly(config)
+    with pytest.raises(ValueError, match=r"cannot resume .* adam_beta2: 0.95 -> 0.999"):
+        _train_quietly(config.replace(adam_beta2=0.999, max_steps=3))
+
+
 def test_checkpoints_written_before_a_field_existed_still_resume(tiny_config):
     path, _ = _train_quietly(tiny_config.replace(max_steps=3))
     state = read_checkpoint(path)
-    for key in ("lr_schedule", "timesteps", "fused_optimizer", "compile"):
+    for key in ("lr_schedule", "timesteps", "fused_optimizer", "compile", "adam_beta2"):
         del state["config"][key]       # as written by an earlier version
     save_checkpoint(state, path)
     _, lines = _train_quietly(tiny_config)
@@ -319,6 +330,7 @@ def test_split_auto_falls_back_to_test_and_says_so(tiny_config, tmp_path):
     (dict(lr_schedule="linear"), r"TrainConfig.lr_schedule must be one of \['constant', 'cosine'\], got 'linear'"),
     (dict(timesteps="sobol"), r"TrainConfig.timesteps must be one of \['uniform', 'stratified'\]"),
     (dict(ema_decay=1.0), "TrainConfig.ema_decay must be < 1"),
+    (dict(adam_beta2=1.0), "TrainConfig.adam_beta2 must be < 1"),
     (dict(model=dict(num_classes=None)), "p_uncond=0.2 drops labels"),
     (dict(guidance=-1.0), "TrainConfig.guidance must be >= 0"),
     (dict(model=dict(num_classes=None), p_uncond=0.0, guidance=1.5),
