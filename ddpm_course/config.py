@@ -175,15 +175,17 @@ def _ci() -> TrainConfig:
 
 
 def _cpu() -> TrainConfig:
-    # Sized to 10 minutes on the 2-core Intel Xeon of sessions 12-16 (1600 steps took 599 s there; a
-    # 2-core AMD EPYC of earlier sessions is about 3.5x slower). The recipe is the recipe study's
-    # winner (docs/RESULTS.md, sessions 13-16): the cosine noise schedule, a cosine learning-rate
-    # decay from 2e-3, one t per stratum of [0, T) in each batch, guidance 1.5 when sampling.
+    # Sized to 10 minutes on the 2-core Intel Xeon of sessions 12-17 (1500 steps took 567-588 s there
+    # in session 17, when 1550 took up to 606 s; a 2-core AMD EPYC of earlier sessions is about 3.5x
+    # slower). The recipe is the recipe study's winner (docs/RESULTS.md, sessions 13-17): the cosine
+    # noise schedule, a cosine learning-rate decay from 2e-3, one t per stratum of [0, T) in each
+    # batch, guidance 1.5 when sampling. Tried and not kept: batch 32 or 128 at equal time, lr 3e-3,
+    # Adam beta2 0.99, base_channels 24 with more steps (session 17).
     return TrainConfig(
         model=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                          attention_resolutions=(7,), num_classes=10),
         T=1000, schedule="cosine", batch_size=64, lr=2e-3, warmup_steps=100, lr_schedule="cosine",
-        timesteps="stratified", max_steps=1550, ema_decay=0.995, guidance=1.5,
+        timesteps="stratified", max_steps=1500, ema_decay=0.995, guidance=1.5,
         checkpoint_every=500, log_every=50, out_dir="runs/cpu",
         channels_last=True,  # measured: 1.16x training images/s on the 2-core development CPU
     )
