@@ -366,7 +366,13 @@ def test_bf16_on_the_cpu_trains_under_autocast_and_resumes_exactly(tiny_config, 
         resolve_precision("bf16", torch.device("mps"))
     dtypes = []
     real = torch.nn.Conv2d.forward
-    monkeypatch.setattr(torch.nn.Conv2d, "forward", lambda self, x: dtypes.append(real(self, x).dtype) or real(self, x))
+
+    def recording_forward(self, x):
+        out = real(self, x)
+        dtypes.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recording_forward)
     config = tiny_config.replace(mixed_precision="bf16", device="cpu", max_steps=4)
     once, _ = _train_quietly(config)
     assert torch.bfloat16 in dtypes                                # the convolutions ran in bf16
