@@ -179,10 +179,8 @@ def _cpu() -> TrainConfig:
     # in session 17, when 1550 took up to 606 s; a 2-core AMD EPYC of earlier sessions is about 3.5x
     # slower). The recipe is the recipe study's winner (docs/RESULTS.md, sessions 13-17): the cosine
     # noise schedule, a cosine learning-rate decay from 2e-3, one t per stratum of [0, T) in each
-    # batch, guidance 1.5 when sampling. Tried and not kept: batch 32 or 128 at equal time, lr 3e-3,
-    # Adam beta2 0.99, base_channels 24 with more steps, p_uncond 0.2 (session 17); channel_mults
-    # (1, 2, 4) with fewer steps, no attention with more steps, t drawn more often at high noise,
-    # p_uncond 0.05, torch.compile (session 18).
+    # batch, guidance 1.5 when sampling. What was tried at this budget and not kept, with each
+    # measurement and its command: docs/RESULTS.md, sessions 8-18.
     return TrainConfig(
         model=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                          attention_resolutions=(7,), num_classes=10),
