@@ -293,8 +293,9 @@ class UNet(nn.Module):
             Block(mid_ch, mid_ch, emb_dim, config.dropout, False, config.attention_heads),
         ])
         self.up = self._build_decoder(emb_dim, skip_channels)
-        self.norm_out = nn.GroupNorm(num_groups(ch), ch)
-        self.conv_out = zero_module(nn.Conv2d(ch, config.image_channels, 3, padding=1))
+        out_ch = ch * config.channel_mults[0]   # the decoder ends at the first level's width
+        self.norm_out = nn.GroupNorm(num_groups(out_ch), out_ch)
+        self.conv_out = zero_module(nn.Conv2d(out_ch, config.image_channels, 3, padding=1))
 
     def _build_encoder(self, emb_dim: int):
         cfg, ch = self.config, self.config.base_channels

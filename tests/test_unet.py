@@ -11,6 +11,7 @@ from ddpm_course import UNet, UNetConfig, sinusoidal_embedding
     UNetConfig(base_channels=16, num_res_blocks=1, num_classes=10),
     UNetConfig(image_size=32, base_channels=8, channel_mults=(1, 2, 2, 2), attention_resolutions=(8, 4)),
     UNetConfig(image_channels=3, base_channels=8, channel_mults=(1, 2), attention_resolutions=()),
+    UNetConfig(base_channels=8, channel_mults=(2, 4, 4), num_res_blocks=1),  # first level wider than the stem
 ])
 def test_output_shape(cfg):
     model = UNet(cfg)
