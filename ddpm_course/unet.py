@@ -12,6 +12,7 @@ embedding to the time embedding. The embedding table has ``num_classes + 1`` row
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import asdict, dataclass
@@ -157,6 +158,28 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
+def _without_autocast(device_type: str):
+    """A context that turns autocast off on the devices where training uses it (CPU, CUDA)."""
+    if device_type in ("cpu", "cuda"):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the input's dtype, and returned in float32.
+
+    Under bf16 autocast the convolutions hand it bf16 maps and cast its float32 output back to bf16
+    themselves. Normalising in float32 keeps the mean and variance exact, and on the CPU it is also
+    the fast path: there PyTorch's bf16 GroupNorm took four times as long as the float32 one, and
+    SiLU and the elementwise ops that follow a norm are faster in float32 too (docs/RESULTS.md,
+    session 19). Same parameters and state_dict as ``nn.GroupNorm``; on float32 input, identical.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _without_autocast(x.device.type):   # else CPU autocast casts x back to bf16
+            return super().forward(x.float())
+
+
 class TimeEmbedding(nn.Module):
     """Sinusoidal embedding of t followed by a two-layer MLP: (B,) -> (B, emb_dim)."""
 
@@ -179,10 +202,10 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.norm1 = nn.GroupNorm(num_groups(in_ch), in_ch)
+        self.norm1 = GroupNorm32(num_groups(in_ch), in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = nn.GroupNorm(num_groups(out_ch), out_ch)
+        self.norm2 = GroupNorm32(num_groups(out_ch), out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -204,7 +227,7 @@ class SelfAttention(nn.Module):
     def __init__(self, channels: int, heads: int = 4):
         super().__init__()
         self.heads = heads
-        self.norm = nn.GroupNorm(num_groups(channels), channels)
+        self.norm = GroupNorm32(num_groups(channels), channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
 
@@ -220,7 +243,10 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         q, k, v = self._qkv(x)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H*W, C / heads)
+        # (B, heads, H*W, C / heads); softmax in float32 under autocast too (on the CPU the bf16 kernel
+        # was also 7 times slower, docs/RESULTS.md, session 19)
+        with _without_autocast(x.device.type):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
         out = rearrange(out, "b h (x y) d -> b (h d) x y", x=H, y=W)
         return x + self.proj(out)
 
@@ -294,7 +320,7 @@ class UNet(nn.Module):
         ])
         self.up = self._build_decoder(emb_dim, skip_channels)
         out_ch = ch * config.channel_mults[0]   # the decoder ends at the first level's width
-        self.norm_out = nn.GroupNorm(num_groups(out_ch), out_ch)
+        self.norm_out = GroupNorm32(num_groups(out_ch), out_ch)
         self.conv_out = zero_module(nn.Conv2d(out_ch, config.image_channels, 3, padding=1))
 
     def _build_encoder(self, emb_dim: int):

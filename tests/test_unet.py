@@ -157,3 +157,37 @@ def test_the_diagram_reads_the_model(kwargs):
     attn = {layer.resolution for layer in layers if layer.kind == "res+attn"}
     assert attn == set(kwargs["attention_resolutions"])
     assert len(draw_unet(model).patches) >= len(layers)
+
+
+def test_groupnorm_and_attention_stay_float32_under_bf16_autocast():
+    """Under CPU bf16 autocast the convolutions run in bf16, the GroupNorms and attention's softmax
+    in float32 (exact statistics, and the fast kernels on the CPU); on float32 input GroupNorm32 is
+    nn.GroupNorm exactly, and the model's output matches float32 to bf16's precision."""
+    from ddpm_course.unet import GroupNorm32, SelfAttention
+
+    torch.manual_seed(0)
+    norm, plain = GroupNorm32(4, 16), torch.nn.GroupNorm(4, 16)
+    plain.load_state_dict(norm.state_dict())
+    x = torch.randn(2, 16, 7, 7)
+    assert torch.equal(norm(x), plain(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x.bfloat16())
+        attn = SelfAttention(16, heads=2)(x)
+    assert out.dtype == torch.float32 and torch.allclose(out, plain(x.bfloat16().float()), atol=1e-5)
+    assert attn.shape == x.shape
+    model = UNet(UNetConfig(base_channels=16, num_res_blocks=1, num_classes=10))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    xt, t, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 300, 600, 999]), torch.tensor([1, 2, 3, 10])
+    dtypes = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda mod, inp, outp: dtypes.append((type(mod).__name__, outp.dtype)) if isinstance(outp, torch.Tensor) else None)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(xt, t, y).float()
+    finally:
+        hook.remove()
+    assert ("Conv2d", torch.bfloat16) in dtypes and ("GroupNorm32", torch.float32) in dtypes
+    assert not any(name == "GroupNorm32" and dtype != torch.float32 for name, dtype in dtypes)
+    full = model(xt, t, y)
+    assert (low - full).abs().max() < 0.05 * full.abs().max()
