@@ -180,8 +180,12 @@ def test_groupnorm_and_attention_stay_float32_under_bf16_autocast():
         torch.nn.init.normal_(p, std=0.05)
     xt, t, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 300, 600, 999]), torch.tensor([1, 2, 3, 10])
     dtypes = []
-    hook = torch.nn.modules.module.register_module_forward_hook(
-        lambda mod, inp, outp: dtypes.append((type(mod).__name__, outp.dtype)) if isinstance(outp, torch.Tensor) else None)
+
+    def record(mod, inp, outp):
+        if isinstance(outp, torch.Tensor):
+            dtypes.append((type(mod).__name__, outp.dtype))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(xt, t, y).float()
