@@ -1,5 +1,6 @@
 
 import math
+import os
 
 import pytest
 import torch
@@ -401,3 +402,20 @@ def test_config_round_trip_and_profiles(monkeypatch):
         TrainConfig.from_dict({"learning_rate": 1})
     with pytest.raises(TypeError, match="config must be a TrainConfig"):
         train({"lr": 1})
+
+
+def test_the_machine_description_names_the_cpu_and_its_vector_units(tiny_config, monkeypatch):
+    """Checkpoints and cards say which CPU trained them: two 2-core machines differ 2-3.5x in speed."""
+    import ddpm_course.devices as devices
+
+    name = devices.cpu_model_name()
+    assert isinstance(name, str) and name.strip() == name and name
+    monkeypatch.setattr(devices, "cpu_model_name", lambda: "Some CPU 9000")
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
+    plain = devices.describe_machine(torch.device("cpu"))
+    assert plain.startswith(f"{os.cpu_count()}-core Some CPU 9000 CPU (")
+    assert torch.backends.cpu.get_cpu_capability() in plain and "AMX" not in plain
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
+    assert devices.describe_machine(torch.device("cpu")).endswith(", AMX)")
+    ckpt = load_checkpoint(_train_quietly(tiny_config.replace(max_steps=1, mixed_precision="no"))[0])
+    assert ckpt.info["machine"] == devices.describe_machine(torch.device("cpu"))
