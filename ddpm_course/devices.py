@@ -37,34 +37,52 @@ def describe_machine(device: torch.device) -> str:
     (x86_64, AVX2)": two 2-core machines of this project differ by 2-3.5x in training speed."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} GPU"
+    if device.type != "cpu":
+        return f"{os.cpu_count()}-core {cpu_model_name()} machine ({device.type})"
     units = [platform.machine(), torch.backends.cpu.get_cpu_capability()]
     if cpu_has_amx():
         units.append("AMX")
     return f"{os.cpu_count()}-core {cpu_model_name()} CPU ({', '.join(u for u in units if u)})"
 
 
-def cpu_model_name() -> str:
-    """The processor's marketing name ("AMD EPYC", "Intel(R) Xeon(R) ..."), from /proc/cpuinfo on Linux,
-    else ``platform.processor()``; "x86_64"-style names where neither says more."""
+def _cpu_capabilities() -> dict:
+    """``torch.cpu.get_capabilities()`` (the processor's name and instruction sets) where this torch has
+    it, else {}."""
+    probe = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
+    try:
+        return dict(probe()) if probe is not None else {}
+    except (RuntimeError, TypeError):
+        return {}
+
+
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line of Linux's /proc/cpuinfo ("model name", "flags"), "" elsewhere."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def cpu_model_name() -> str:
+    """The processor's name ("AMD EPYC", "Intel(R) Xeon(R) ..."): torch's, else Linux's /proc/cpuinfo,
+    else ``platform.processor()``, else the architecture ("x86_64")."""
+    name = _cpu_capabilities().get("cpu_name") or _cpuinfo("model name") or platform.processor()
+    return str(name).strip() or platform.machine()
 
 
 def cpu_has_amx() -> bool:
-    """Whether this CPU has Intel's AMX matrix units (Sapphire Rapids and newer Xeons), which run bf16
-    convolutions several times faster than float32 ones. Asked of torch (``torch.cpu``); a torch too
-    old to say counts as no."""
-    probe = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
+    """Whether this CPU has Intel's AMX units for bf16 matrix products (Sapphire Rapids and newer
+    Xeons), which make bf16 convolutions faster than float32 ones. Asked of torch
+    (``torch.cpu.get_capabilities()["amx_bf16"]``), else of Linux's /proc/cpuinfo (the ``amx_bf16``
+    flag); where neither can say, no."""
+    caps = _cpu_capabilities()
+    if "amx_bf16" in caps:
+        return bool(caps["amx_bf16"])
+    return "amx_bf16" in _cpuinfo("flags").split()
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:

@@ -3,11 +3,12 @@
     repeat: x0, y ~ data;  loss = || eps - eps_theta(sqrt(a-bar_t) x0 + sqrt(1 - a-bar_t) eps, t, y) ||^2
             take a gradient step on loss; update the EMA weights
 
-Around that: AdamW with linear warm-up, mixed precision on CUDA (bf16 where the GPU has it,
-else fp16 with a grad scaler, as on a T4), gradient clipping, label dropout for classifier-free
-guidance, EMA weights, atomic checkpoints every ``checkpoint_every`` steps, and exact resume: the
-batches are a function of the step and every random-number generator state is saved, so training
-to step N in one go or in several interrupted pieces gives the same weights on a CPU.
+Around that: AdamW with linear warm-up, mixed precision (on CUDA bf16 where the GPU has it, else
+fp16 with a grad scaler, as on a T4; bf16 on a CPU with AMX units), gradient clipping, label
+dropout for classifier-free guidance, EMA weights, atomic checkpoints every ``checkpoint_every``
+steps, and exact resume: the batches are a function of the step and every random-number generator
+state is saved, so training to step N in one go or in several interrupted pieces gives the same
+weights on one CPU.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # Fields that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "log_every", "out_dir", "device", "data_root",
                      "compile", "fused_optimizer",   # these two change speed, not the arithmetic's meaning
+                     "mixed_precision",              # changes rounding; said aloud on resume when it does
                      "guidance")                     # how its checkpoints are sampled, not how it trains
 
 
@@ -228,6 +230,11 @@ class Trainer:
         self.history = [tuple(h) for h in state.get("history", [])]
         self.elapsed = float(state.get("info", {}).get("train_seconds", 0.0))
         self.origin = state.get("info", {}).get("init_from")
+        was = state.get("info", {}).get("precision", self.precision)
+        if was != self.precision:
+            self.log(f"Note: steps 1-{self.step} ran with precision {was!r}, the rest run with {self.precision!r} "
+                     f"(mixed_precision={self.config.mixed_precision!r} on this machine); the weights will differ "
+                     f"from one uninterrupted run. Set mixed_precision={was!r} to continue as it started.")
         _restore_rng(state["rng"], self.noise_gen, self.config, self.step, self.log)
 
     def start_from_init(self) -> None:

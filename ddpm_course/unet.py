@@ -165,19 +165,33 @@ def _without_autocast(device_type: str):
     return contextlib.nullcontext()
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (torch >= 2.4 asks by device; older torch has one
+    function for the CPU and one for CUDA)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the input's dtype, and returned in float32.
+    """GroupNorm computed in float32 whatever the input's dtype; under autocast returned in float32.
 
     Under bf16 autocast the convolutions hand it bf16 maps and cast its float32 output back to bf16
-    themselves. Normalising in float32 keeps the mean and variance exact, and on the CPU it is also
+    themselves; without autocast (a model cast to bf16 or fp16 as a whole) the output takes the
+    input's dtype. Normalising in float32 keeps the mean and variance exact, and on the CPU it is also
     the fast path: there PyTorch's bf16 GroupNorm took four times as long as the float32 one, and
     SiLU and the elementwise ops that follow a norm are faster in float32 too (docs/RESULTS.md,
     session 19). Same parameters and state_dict as ``nn.GroupNorm``; on float32 input, identical.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _without_autocast(x.device.type):   # else CPU autocast casts x back to bf16
-            return super().forward(x.float())
+        with _without_autocast(x.device.type):   # a guard, should autocast ever lower group_norm's precision
+            weight = None if self.weight is None else self.weight.float()
+            bias = None if self.bias is None else self.bias.float()
+            out = F.group_norm(x.float(), self.num_groups, weight, bias, self.eps)
+        # under autocast the next layer casts for itself; a model cast to bf16/fp16 as a whole gets its dtype back
+        return out if _autocast_enabled(x.device.type) else out.to(x.dtype)
 
 
 class TimeEmbedding(nn.Module):
@@ -243,10 +257,13 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         q, k, v = self._qkv(x)
-        # (B, heads, H*W, C / heads); softmax in float32 under autocast too (on the CPU the bf16 kernel
-        # was also 7 times slower, docs/RESULTS.md, session 19)
-        with _without_autocast(x.device.type):
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        # (B, heads, H*W, C / heads). On the CPU in float32 under autocast too: there the bf16 kernel was
+        # 7 times slower (docs/RESULTS.md, session 19); CUDA's fp16/bf16 kernels accumulate in float32
+        if x.device.type == "cpu":
+            with _without_autocast("cpu"):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         out = rearrange(out, "b h (x y) d -> b (h d) x y", x=H, y=W)
         return x + self.proj(out)
 

@@ -419,3 +419,36 @@ def test_the_machine_description_names_the_cpu_and_its_vector_units(tiny_config,
     assert devices.describe_machine(torch.device("cpu")).endswith(", AMX)")
     ckpt = load_checkpoint(_train_quietly(tiny_config.replace(max_steps=1, mixed_precision="no"))[0])
     assert ckpt.info["machine"] == devices.describe_machine(torch.device("cpu"))
+
+
+def test_a_resume_in_another_precision_says_so(tiny_config, monkeypatch):
+    """"auto" resolves per machine (bf16 with AMX, else float32): a run resumed where it resolves
+    differently says so, and how to continue as it started; mixed_precision may change on resume."""
+    import ddpm_course.devices as devices
+
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
+    config = tiny_config.replace(mixed_precision="auto", device="cpu")
+    _train_quietly(config.replace(max_steps=2))
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
+    path, lines = _train_quietly(config)
+    note = [line for line in lines if line.startswith("Note: steps 1-2 ran with precision 'bf16'")]
+    assert note and "the rest run with 'no'" in note[0] and "Set mixed_precision='bf16'" in note[0]
+    assert read_checkpoint(path)["info"]["precision"] == "no"
+    path, again = _train_quietly(config.replace(mixed_precision="no", max_steps=8))   # a changed setting: accepted
+    assert read_checkpoint(path)["step"] == 8 and not any(line.startswith("Note: steps") for line in again)
+
+
+def test_amx_is_asked_of_torch_then_of_the_cpu_flags(monkeypatch):
+    import ddpm_course.devices as devices
+
+    monkeypatch.setattr(devices, "_cpuinfo", lambda field: "fpu avx2 amx_bf16 amx_tile" if field == "flags" else "")
+    monkeypatch.setattr(devices, "_cpu_capabilities", lambda: {"amx_bf16": False})
+    assert devices.cpu_has_amx() is False                      # torch's answer wins where it has one
+    monkeypatch.setattr(devices, "_cpu_capabilities", lambda: {})
+    assert devices.cpu_has_amx() is True                       # an older torch: Linux's flags
+    monkeypatch.setattr(devices, "_cpuinfo", lambda field: "fpu avx2 amx_tile" if field == "flags" else "")
+    assert devices.cpu_has_amx() is False                      # AMX tiles without bf16 are not enough
+    monkeypatch.setattr(devices.platform, "processor", lambda: "")
+    assert devices.cpu_model_name() == devices.platform.machine()     # nobody names it: the architecture
+    monkeypatch.setattr(devices, "_cpu_capabilities", lambda: {"cpu_name": " Some CPU 9000 "})
+    assert devices.cpu_model_name() == "Some CPU 9000"

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -159,7 +160,7 @@ def test_the_diagram_reads_the_model(kwargs):
     assert len(draw_unet(model).patches) >= len(layers)
 
 
-def test_groupnorm_and_attention_stay_float32_under_bf16_autocast():
+def test_groupnorm_and_attention_stay_float32_under_bf16_autocast(monkeypatch):
     """Under CPU bf16 autocast the convolutions run in bf16, the GroupNorms and attention's softmax
     in float32 (exact statistics, and the fast kernels on the CPU); on float32 input GroupNorm32 is
     nn.GroupNorm exactly, and the model's output matches float32 to bf16's precision."""
@@ -170,11 +171,19 @@ def test_groupnorm_and_attention_stay_float32_under_bf16_autocast():
     plain.load_state_dict(norm.state_dict())
     x = torch.randn(2, 16, 7, 7)
     assert torch.equal(norm(x), plain(x))
+    attention_dtypes = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, *args, **kwargs):
+        attention_dtypes.append(q.dtype)
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = norm(x.bfloat16())
         attn = SelfAttention(16, heads=2)(x)
     assert out.dtype == torch.float32 and torch.allclose(out, plain(x.bfloat16().float()), atol=1e-5)
-    assert attn.shape == x.shape
+    assert attn.shape == x.shape and attention_dtypes == [torch.float32]
     model = UNet(UNetConfig(base_channels=16, num_res_blocks=1, num_classes=10))
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.05)
@@ -195,3 +204,17 @@ def test_groupnorm_and_attention_stay_float32_under_bf16_autocast():
     assert not any(name == "GroupNorm32" and dtype != torch.float32 for name, dtype in dtypes)
     full = model(xt, t, y)
     assert (low - full).abs().max() < 0.05 * full.abs().max()
+
+
+def test_groupnorm32_cast_to_bf16_runs_without_autocast():
+    """Cast to bf16 as a whole (no autocast), GroupNorm32 normalises in float32 and hands back bf16,
+    as nn.GroupNorm does, agreeing with float32 to bf16's precision."""
+    from ddpm_course.unet import GroupNorm32
+
+    torch.manual_seed(0)
+    norm = GroupNorm32(4, 16)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(2, 16, 7, 7)
+    low = copy.deepcopy(norm).bfloat16()(x.bfloat16())
+    assert low.dtype == torch.bfloat16
+    assert torch.allclose(low.float(), norm(x.bfloat16().float()), atol=0.05)
