@@ -176,9 +176,11 @@ def _ci() -> TrainConfig:
 
 
 def _cpu() -> TrainConfig:
-    # Sized to 10 minutes on the 2-core Intel Xeon of sessions 12-17 (1500 steps took 567-588 s there
-    # in session 17, when 1550 took up to 606 s; a 2-core AMD EPYC of earlier sessions is about 3.5x
-    # slower). The recipe is the recipe study's winner (docs/RESULTS.md, sessions 13-17): the cosine
+    # Sized to 10 minutes on the 2-core Intel Xeon of sessions 12-18 in float32 (1500 steps took
+    # 559-588 s there, when 1550 took up to 606 s). That Xeon has AMX, where mixed_precision="auto" now
+    # trains in bf16 at 1.53x the images/s (session 19; no whole run timed yet). A 2-core AMD EPYC
+    # without AMX trains 86.8 img/s in float32 (session 20: about 20 minutes for these steps); the
+    # AMD EPYC of sessions 5-11 was about 3.5x slower than the Xeon. The recipe is the recipe study's winner (docs/RESULTS.md, sessions 13-17): the cosine
     # noise schedule, a cosine learning-rate decay from 2e-3, one t per stratum of [0, T) in each
     # batch, guidance 1.5 when sampling. What was tried at this budget and not kept, with each
     # measurement and its command: docs/RESULTS.md, sessions 8-18.
@@ -239,7 +241,7 @@ PROFILES = {
     "ci": Profile(_ci, "any CPU, for tests and CI", 0.5,
                   NotebookSizes(quick=True, num_images=8, sampler_steps=10, ddpm_steps=25, eval_samples=100,
                                 gif_frames=8)),
-    "cpu": Profile(_cpu, "a 2-core CPU", 10.0),
+    "cpu": Profile(_cpu, "a 2-core Intel Xeon (about 20 on a 2-core AMD EPYC)", 10.0),
     "t4": Profile(_t4, "a Colab T4 GPU (a goal: an H100 took 5.1)", 5.0),
 }
 
