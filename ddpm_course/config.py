@@ -179,11 +179,12 @@ def _cpu() -> TrainConfig:
     # Sized to 10 minutes on the 2-core Intel Xeon of sessions 12-18 in float32 (1500 steps took
     # 559-588 s there, when 1550 took up to 606 s). That Xeon has AMX, where mixed_precision="auto" now
     # trains in bf16 at 1.53x the images/s (session 19; no whole run timed yet). A 2-core AMD EPYC
-    # without AMX trains 86.8 img/s in float32 (session 20: about 20 minutes for these steps); the
-    # AMD EPYC of sessions 5-11 was about 3.5x slower than the Xeon. The recipe is the recipe study's winner (docs/RESULTS.md, sessions 13-17): the cosine
-    # noise schedule, a cosine learning-rate decay from 2e-3, one t per stratum of [0, T) in each
-    # batch, guidance 1.5 when sampling. What was tried at this budget and not kept, with each
-    # measurement and its command: docs/RESULTS.md, sessions 8-18.
+    # without AMX trains 86.8 img/s in float32 (session 20: about 22 minutes for these steps); the
+    # AMD EPYC of sessions 5-11 was about 3.5x slower than the Xeon. The recipe is the recipe study's
+    # winner (docs/RESULTS.md, sessions 13-17): the cosine noise schedule, a cosine learning-rate
+    # decay from 2e-3, one t per stratum of [0, T) in each batch, guidance 1.5 when sampling. What was
+    # tried at this budget and not kept, with each measurement and its command: docs/RESULTS.md,
+    # sessions 8-20 (2300 steps, the time bf16 frees on an AMX Xeon: no gain, session 20).
     return TrainConfig(
         model=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                          attention_resolutions=(7,), num_classes=10),
