@@ -230,11 +230,10 @@ class Trainer:
         self.history = [tuple(h) for h in state.get("history", [])]
         self.elapsed = float(state.get("info", {}).get("train_seconds", 0.0))
         self.origin = state.get("info", {}).get("init_from")
-        was = state.get("info", {}).get("precision", self.precision)
-        if was != self.precision:
+        if (was := state.get("info", {}).get("precision", self.precision)) != self.precision:
             self.log(f"Note: steps 1-{self.step} ran with precision {was!r}, the rest run with {self.precision!r} "
-                     f"(mixed_precision={self.config.mixed_precision!r} on this machine); the weights will differ "
-                     f"from one uninterrupted run. Set mixed_precision={was!r} to continue as it started.")
+                     f"(mixed_precision={self.config.mixed_precision!r} here), unlike one uninterrupted run. "
+                     f"Set mixed_precision={was!r} to continue as it started.")
         _restore_rng(state["rng"], self.noise_gen, self.config, self.step, self.log)
 
     def start_from_init(self) -> None:

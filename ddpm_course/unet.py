@@ -12,7 +12,6 @@ embedding to the time embedding. The embedding table has ``num_classes + 1`` row
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from ._checks import check_choice, check_image_batch, check_labels, check_timesteps, describe
+from .precision import GroupNorm32, without_autocast
 from .targets import PREDICTIONS
 
 MAX_PARAMETERS = 2_000_000_000   # a config asking for more is refused before allocation (8 GB in float32)
@@ -158,42 +158,6 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
-def _without_autocast(device_type: str):
-    """A context that turns autocast off on the devices where training uses it (CPU, CUDA)."""
-    if device_type in ("cpu", "cuda"):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    """Whether autocast is on for ``device_type`` (torch >= 2.4 asks by device; older torch has one
-    function for the CPU and one for CUDA)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the input's dtype; under autocast returned in float32.
-
-    Under bf16 autocast the convolutions hand it bf16 maps and cast its float32 output back to bf16
-    themselves; without autocast (a model cast to bf16 or fp16 as a whole) the output takes the
-    input's dtype. Normalising in float32 keeps the mean and variance exact, and on the CPU it is also
-    the fast path: there PyTorch's bf16 GroupNorm took four times as long as the float32 one, and
-    SiLU and the elementwise ops that follow a norm are faster in float32 too (docs/RESULTS.md,
-    session 19). Same parameters and state_dict as ``nn.GroupNorm``; on float32 input, identical.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _without_autocast(x.device.type):   # a guard, should autocast ever lower group_norm's precision
-            weight = None if self.weight is None else self.weight.float()
-            bias = None if self.bias is None else self.bias.float()
-            out = F.group_norm(x.float(), self.num_groups, weight, bias, self.eps)
-        # under autocast the next layer casts for itself; a model cast to bf16/fp16 as a whole gets its dtype back
-        return out if _autocast_enabled(x.device.type) else out.to(x.dtype)
-
-
 class TimeEmbedding(nn.Module):
     """Sinusoidal embedding of t followed by a two-layer MLP: (B,) -> (B, emb_dim)."""
 
@@ -260,7 +224,7 @@ class SelfAttention(nn.Module):
         # (B, heads, H*W, C / heads). On the CPU in float32 under autocast too: there the bf16 kernel was
         # 7 times slower (docs/RESULTS.md, session 19); CUDA's fp16/bf16 kernels accumulate in float32
         if x.device.type == "cpu":
-            with _without_autocast("cpu"):
+            with without_autocast("cpu"):
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
         else:
             out = F.scaled_dot_product_attention(q, k, v)

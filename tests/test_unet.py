@@ -164,7 +164,8 @@ def test_groupnorm_and_attention_stay_float32_under_bf16_autocast(monkeypatch):
     """Under CPU bf16 autocast the convolutions run in bf16, the GroupNorms and attention's softmax
     in float32 (exact statistics, and the fast kernels on the CPU); on float32 input GroupNorm32 is
     nn.GroupNorm exactly, and the model's output matches float32 to bf16's precision."""
-    from ddpm_course.unet import GroupNorm32, SelfAttention
+    from ddpm_course.precision import GroupNorm32
+    from ddpm_course.unet import SelfAttention
 
     torch.manual_seed(0)
     norm, plain = GroupNorm32(4, 16), torch.nn.GroupNorm(4, 16)
@@ -209,7 +210,7 @@ def test_groupnorm_and_attention_stay_float32_under_bf16_autocast(monkeypatch):
 def test_groupnorm32_cast_to_bf16_runs_without_autocast():
     """Cast to bf16 as a whole (no autocast), GroupNorm32 normalises in float32 and hands back bf16,
     as nn.GroupNorm does, agreeing with float32 to bf16's precision."""
-    from ddpm_course.unet import GroupNorm32
+    from ddpm_course.precision import GroupNorm32
 
     torch.manual_seed(0)
     norm = GroupNorm32(4, 16)
