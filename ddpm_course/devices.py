@@ -92,7 +92,7 @@ def resolve_precision(setting: str, device: torch.device) -> str:
 
     The CPU's bf16: on a 2-core Intel Xeon with AMX, the ``cpu`` profile trains 1.5x as many images
     per second under bf16 autocast as in float32, with its GroupNorms and attention kept in float32
-    (:class:`~ddpm_course.unet.GroupNorm32`; with them in bf16 it was 0.91x, docs/RESULTS.md, sessions
+    (:class:`~ddpm_course.precision.GroupNorm32`; with them in bf16 it was 0.91x, docs/RESULTS.md, sessions
     16 and 19). CPUs without AMX keep float32: on a 2-core AMD EPYC with AVX2 only, bf16 autocast
     trained 8.0 images per second against 86.8 in float32 (0.09x, docs/RESULTS.md, session 20)."""
     if device.type != "cuda":
