@@ -183,8 +183,8 @@ def _cpu() -> TrainConfig:
     # AMD EPYC of sessions 5-11 was about 3.5x slower than the Xeon. The recipe is the recipe study's
     # winner (docs/RESULTS.md, sessions 13-17): the cosine noise schedule, a cosine learning-rate
     # decay from 2e-3, one t per stratum of [0, T) in each batch, guidance 1.5 when sampling. What was
-    # tried at this budget and not kept, with each measurement and its command: docs/RESULTS.md,
-    # sessions 8-20 (2300 steps, the time bf16 frees on an AMX Xeon: no gain, session 20).
+    # tried at this budget and not kept, each with its numbers and a link to its commands: the table
+    # "The `cpu` profile's recipe study in one table" in docs/RESULTS.md (sessions 8-21).
     return TrainConfig(
         model=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                          attention_resolutions=(7,), num_classes=10),
