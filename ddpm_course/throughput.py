@@ -7,8 +7,9 @@ the machine's drift (other jobs, clock changes) falls on every row alike. Each r
 median training images/s over the rounds after the first (which holds the warm-up and, with
 ``compile=True``, the compilation), the FLOP/s this implies (matrix multiplies and convolutions
 counted by ``torch.utils.flop_counter``), and that as a fraction of the peak measured in the same
-run: the median FLOP/s of a large matrix multiply on the same device, in the training's precision
-(float32, or bf16 / fp16 under mixed precision).
+run: the median FLOP/s of the faster of a large matrix multiply and a large 3x3 convolution on the same
+device, in the training's precision (float32, or bf16 / fp16 under mixed precision); on the CPU the
+two run in different libraries (BLAS and oneDNN), and either can be the faster.
 
 The speed choices of the CUDA path are each one TrainConfig field that ``--switch`` flips:
 ``mixed_precision`` (bf16, or fp16 with a gradient scaler), ``channels_last``, ``compile``,
@@ -31,34 +32,77 @@ from .config import TrainConfig
 from .training import Trainer
 
 
-def peak_matmul_flops(device, size: int = 2048, repeats: int = 5, dtype=torch.float32,
-                      min_seconds: float = 0.2, clock=time.perf_counter) -> float:
-    """The median FLOP/s of (size x size) @ (size x size) matrix multiplies on ``device`` (2 size^3
-    operations each): what the BLAS of this machine reaches on the best-shaped work there is.
+def _median_rate(work, flops_per_call: float, device, repeats: int, min_seconds: float, clock) -> float:
+    """The median FLOP/s of ``work()`` (``flops_per_call`` operations each call) on ``device``.
 
-    Each of the ``repeats`` measurements times as many back-to-back multiplies as fill about
+    Each of the ``repeats`` measurements times as many back-to-back calls as fill about
     ``min_seconds`` between two synchronisations, so that a fast GPU's launch and sync overheads
     do not count; the first measurement, which also calibrates that number, is left out.
-    ``clock`` reads seconds (a test gives a fake one).
     """
-    check_int("size", size, minimum=16)
     check_int("repeats", repeats, minimum=1)
-    device = torch.device(device)
-    gen = torch.Generator(device).manual_seed(0)
-    a = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
     inner, rates = 1, []
     for _ in range(repeats + 1):
         _synchronize(device)
         start = clock()
         for _ in range(inner):
-            a @ b
+            work()
         _synchronize(device)
         seconds = max(clock() - start, 1e-9)
-        rates.append(2 * size**3 * inner / seconds)
+        rates.append(flops_per_call * inner / seconds)
         if len(rates) == 1:
             inner = max(1, math.ceil(min_seconds / seconds))
     return statistics.median(rates[1:])
+
+
+def peak_matmul_flops(device, size: int = 2048, repeats: int = 5, dtype=torch.float32,
+                      min_seconds: float = 0.2, clock=time.perf_counter) -> float:
+    """The median FLOP/s of (size x size) @ (size x size) matrix multiplies on ``device`` (2 size^3
+    operations each): what the BLAS of this machine reaches on the best-shaped work there is.
+    ``clock`` reads seconds (a test gives a fake one); the timing as in :func:`_median_rate`.
+    """
+    check_int("size", size, minimum=16)
+    device = torch.device(device)
+    gen = torch.Generator(device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
+    return _median_rate(lambda: a @ b, 2 * size**3, device, repeats, min_seconds, clock)
+
+
+def peak_conv_flops(device, channels: int = 256, size: int = 32, batch: int = 16, repeats: int = 5,
+                    dtype=torch.float32, min_seconds: float = 0.2, clock=time.perf_counter) -> float:
+    """The median FLOP/s of a 3x3 convolution, ``channels`` in and out, on (batch, channels, size,
+    size) channels-last inputs (2 * 9 * channels^2 * size^2 * batch operations each).
+
+    On the CPU convolutions run in oneDNN, not in the BLAS that :func:`peak_matmul_flops` measures;
+    where the BLAS skips the widest vector units (Intel's MKL on AMD CPUs with AVX-512 uses its
+    AVX2 kernels), a U-Net's convolutions run faster than the matrix multiply, and this is the peak
+    that they reach on well-shaped work.
+    """
+    check_int("channels", channels, minimum=1)
+    check_int("size", size, minimum=1)
+    check_int("batch", batch, minimum=1)
+    device = torch.device(device)
+    gen = torch.Generator(device).manual_seed(0)
+    x = torch.randn(batch, channels, size, size, device=device, dtype=dtype, generator=gen)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 3, 3, device=device, dtype=dtype, generator=gen) / (3 * channels**0.5)
+    w = w.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        return _median_rate(lambda: torch.nn.functional.conv2d(x, w, padding=1),
+                            2 * 9 * channels**2 * size**2 * batch, device, repeats, min_seconds, clock)
+
+
+def measured_peak(device, dtype=torch.float32) -> tuple:
+    """(FLOP/s, description): the faster of :func:`peak_matmul_flops` and :func:`peak_conv_flops`
+    in ``dtype`` on ``device``, the description naming both, so that a fraction of it is at most
+    about 100% whichever library is the faster on this machine."""
+    name = str(dtype).replace("torch.", "")
+    matmul = peak_matmul_flops(device, dtype=dtype)
+    conv = peak_conv_flops(device, dtype=dtype)
+    which = "matrix multiply" if matmul >= conv else "convolution"
+    return max(matmul, conv), (f"the faster ({which}) of 2048x2048 {name} matrix multiplies, "
+                               f"{matmul / 1e9:.1f} GFLOP/s, and 3x3 {name} convolutions of 256 channels "
+                               f"at 32x32, {conv / 1e9:.1f} GFLOP/s")
 
 
 def _synchronize(device: torch.device) -> None:
@@ -151,12 +195,12 @@ def profiler_table(config: TrainConfig, steps: int = 5, row_limit: int = 15) -> 
 
 
 def throughput_table(rows: list, config: TrainConfig, profile: str, peak: float, device,
-                     peak_dtype: str = "float32") -> str:
+                     peak_what: str = "2048x2048 float32 matrix multiplies") -> str:
     """Markdown: a row per configuration, then the ratio of the course's UNet to the peer."""
     lines = [
         f"Profile `{profile}` ({config.batch_size} images per step) on {torch.device(device)}; median of the "
-        f"rounds after the first (the first holds the warm-up and any compilation). Peak: 2048x2048 "
-        f"{peak_dtype} matrix multiplies, {peak / 1e9:.1f} GFLOP/s, the reference of every row.",
+        f"rounds after the first (the first holds the warm-up and any compilation). Peak: {peak / 1e9:.1f} "
+        f"GFLOP/s, {peak_what}: the reference of every row.",
         "",
         "| configuration | parameters | GFLOP per training image | train img/s | img/s per round | achieved GFLOP/s "
         "| fraction of peak |",
@@ -186,9 +230,9 @@ def run_throughput_benchmark(config: TrainConfig, profile: str, *, steps: int = 
     rows = benchmark_throughput(config, steps=steps, rounds=rounds, switches=switches, peer=peer, log=log)
     device = resolve_device(config.device)
     dtype = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}[resolve_precision(config.mixed_precision, device)]
-    peak = peak_matmul_flops(device, dtype=getattr(torch, dtype))
-    log(f"Peak: {peak / 1e9:.1f} GFLOP/s (2048x2048 {dtype} matrix multiplies on {device})")
-    table = throughput_table(rows, config, profile, peak, device, dtype)
+    peak, peak_what = measured_peak(device, dtype=getattr(torch, dtype))
+    log(f"Peak: {peak / 1e9:.1f} GFLOP/s on {device}, {peak_what}")
+    table = throughput_table(rows, config, profile, peak, device, peak_what)
     if profiler_steps:
         table += (f"\n\nWhere the time of {profiler_steps} training steps of the profile goes "
                   f"(torch.profiler, operators by their own time):\n\n```\n"

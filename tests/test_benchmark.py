@@ -99,6 +99,31 @@ def test_peak_flops_calibrates_then_takes_the_median_of_the_rest():
     assert peak_matmul_flops("cpu", size=64, repeats=3, clock=Clock()) == pytest.approx(2 * 64**3 * 4 / 2.0)
 
 
+def test_conv_peak_counts_a_3x3_convolutions_flops_and_the_peak_is_the_faster_of_the_two(monkeypatch):
+    """The convolution's peak times the same way (a fake clock: 1 s per measured call after the
+    calibration), counting 2 * 9 * C^2 * H * W * B operations; measured_peak takes the faster of
+    the matrix multiply and the convolution and names both."""
+    from ddpm_course import throughput
+    from ddpm_course.throughput import measured_peak, peak_conv_flops
+
+    class Clock:
+        now, calls = 0.0, 0
+
+        def __call__(self):
+            self.calls += 1
+            self.now += 1.0 if self.calls % 2 == 0 else 0.0
+            return self.now
+
+    flops = peak_conv_flops("cpu", channels=8, size=4, batch=2, repeats=2, min_seconds=0.5, clock=Clock())
+    assert flops == pytest.approx(2 * 9 * 8**2 * 4**2 * 2)
+    for matmul, conv, which in [(5e9, 3e9, "(matrix multiply)"), (2e9, 7e9, "(convolution)")]:
+        monkeypatch.setattr(throughput, "peak_matmul_flops", lambda *a, m=matmul, **k: m)
+        monkeypatch.setattr(throughput, "peak_conv_flops", lambda *a, c=conv, **k: c)
+        peak, what = measured_peak("cpu")
+        assert peak == max(matmul, conv) and which in what
+        assert f"{matmul / 1e9:.1f} GFLOP/s" in what and f"{conv / 1e9:.1f} GFLOP/s" in what
+
+
 def test_the_peer_without_diffusers_is_refused_before_any_training(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "diffusers", None)       # as if diffusers were not installed
     for command in (["throughput", "--steps", "1", "--rounds", "2"], ["training", "--minutes", "0.1"]):
