@@ -58,7 +58,7 @@ class TrainConfig:
     p_uncond: float = 0.1         # label dropout for classifier-free guidance (conditional models)
     guidance: float | None = None  # the guidance scale its checkpoints recommend for sampling (conditional
                                    # models; None: 2). Measured per profile: better-trained models want less
-    mixed_precision: str = "auto"  # "auto" (bf16 or fp16 on CUDA, bf16 on a CPU with AMX, else none), "no",
+    mixed_precision: str = "auto"  # "auto" (bf16/fp16 on CUDA, bf16 on a CPU with AMX or AVX512_BF16, else none), "no",
                                    # "fp16", "bf16" (also CPU); ddpm_course.devices.resolve_precision
     channels_last: bool = False   # NHWC memory layout; speeds up convolutions on the CPU (and often a GPU)
     fused_optimizer: bool = False  # one fused kernel for the whole AdamW update (CPU and CUDA) instead of a loop

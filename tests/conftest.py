@@ -43,5 +43,5 @@ def tiny_config(synthetic_root, tmp_path) -> TrainConfig:
         T=50, schedule="linear", dataset="mnist", split="train", data_root=str(synthetic_root),
         batch_size=8, lr=1e-3, warmup_steps=2, max_steps=6, ema_decay=0.9, p_uncond=0.2,
         checkpoint_every=3, log_every=1, out_dir=str(tmp_path / "run"), seed=3,
-        mixed_precision="no",   # float32 on every machine ("auto" is bf16 on a CPU with AMX); bf16 has its own tests
+        mixed_precision="no",   # float32 everywhere ("auto" is bf16 on CPUs with bf16 units); bf16 has its own tests
     )

@@ -363,10 +363,10 @@ def test_bf16_on_the_cpu_trains_under_autocast_and_resumes_exactly(tiny_config, 
     from ddpm_course.devices import resolve_precision
 
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
-    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
-    assert resolve_precision("auto", torch.device("cpu")) == "no"      # float32 on CPUs without AMX
-    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
-    assert resolve_precision("auto", torch.device("cpu")) == "bf16"    # bf16 where AMX makes it 1.5x faster
+    monkeypatch.setattr(devices, "cpu_has_bf16_units", lambda: False)
+    assert resolve_precision("auto", torch.device("cpu")) == "no"      # float32 on CPUs without bf16 units
+    monkeypatch.setattr(devices, "cpu_has_bf16_units", lambda: True)
+    assert resolve_precision("auto", torch.device("cpu")) == "bf16"    # bf16 where AMX / AVX512_BF16 speed it up
     assert resolve_precision("no", torch.device("cpu")) == "no"
     with pytest.raises(ValueError, match=r"mixed_precision='bf16' needs a CUDA device \(or the CPU, for bf16\)"):
         resolve_precision("bf16", torch.device("mps"))
@@ -411,25 +411,27 @@ def test_the_machine_description_names_the_cpu_and_its_vector_units(tiny_config,
     name = devices.cpu_model_name()
     assert isinstance(name, str) and name.strip() == name and name
     monkeypatch.setattr(devices, "cpu_model_name", lambda: "Some CPU 9000")
-    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(devices, "_cpu_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": False})
     plain = devices.describe_machine(torch.device("cpu"))
     assert plain.startswith(f"{os.cpu_count()}-core Some CPU 9000 CPU (")
-    assert torch.backends.cpu.get_cpu_capability() in plain and "AMX" not in plain
-    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
-    assert devices.describe_machine(torch.device("cpu")).endswith(", AMX)")
+    assert torch.backends.cpu.get_cpu_capability() in plain and "AMX" not in plain and "BF16" not in plain
+    monkeypatch.setattr(devices, "_cpu_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": True})
+    assert devices.describe_machine(torch.device("cpu")).endswith(", AVX512_BF16)")
+    monkeypatch.setattr(devices, "_cpu_capabilities", lambda: {"amx_bf16": True, "avx512_bf16": True})
+    assert devices.describe_machine(torch.device("cpu")).endswith(", AVX512_BF16, AMX)")
     ckpt = load_checkpoint(_train_quietly(tiny_config.replace(max_steps=1, mixed_precision="no"))[0])
     assert ckpt.info["machine"] == devices.describe_machine(torch.device("cpu"))
 
 
 def test_a_resume_in_another_precision_says_so(tiny_config, monkeypatch):
-    """"auto" resolves per machine (bf16 with AMX, else float32): a run resumed where it resolves
+    """"auto" resolves per machine (bf16 with bf16 units, else float32): a run resumed where it resolves
     differently says so, and how to continue as it started; mixed_precision may change on resume."""
     import ddpm_course.devices as devices
 
-    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(devices, "cpu_has_bf16_units", lambda: True)
     config = tiny_config.replace(mixed_precision="auto", device="cpu")
     _train_quietly(config.replace(max_steps=2))
-    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_bf16_units", lambda: False)
     path, lines = _train_quietly(config)
     note = [line for line in lines if line.startswith("Note: steps 1-2 ran with precision 'bf16'")]
     assert note and "the rest run with 'no'" in note[0] and "Set mixed_precision='bf16'" in note[0]
@@ -448,6 +450,11 @@ def test_amx_is_asked_of_torch_then_of_the_cpu_flags(monkeypatch):
     assert devices.cpu_has_amx() is True                       # an older torch: Linux's flags
     monkeypatch.setattr(devices, "_cpuinfo", lambda field: "fpu avx2 amx_tile" if field == "flags" else "")
     assert devices.cpu_has_amx() is False                      # AMX tiles without bf16 are not enough
+    assert devices.cpu_has_bf16_units() is False
+    monkeypatch.setattr(devices, "_cpuinfo", lambda field: "fpu avx2 avx512f avx512_bf16" if field == "flags" else "")
+    assert devices.cpu_has_amx() is False and devices.cpu_has_bf16_units() is True   # AMD Zen 4/5: AVX512_BF16
+    monkeypatch.setattr(devices, "_cpu_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": False})
+    assert devices.cpu_has_bf16_units() is False               # torch's answer wins again
     monkeypatch.setattr(devices.platform, "processor", lambda: "")
     assert devices.cpu_model_name() == devices.platform.machine()     # nobody names it: the architecture
     monkeypatch.setattr(devices, "_cpu_capabilities", lambda: {"cpu_name": " Some CPU 9000 "})
