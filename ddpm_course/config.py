@@ -179,8 +179,8 @@ def _cpu() -> TrainConfig:
     # Sized to 10 minutes on the 2-core Intel Xeon of sessions 12-18 in float32 (1500 steps took
     # 559-588 s there, when 1550 took up to 606 s). That Xeon has AMX, where mixed_precision="auto" now
     # trains in bf16 at 1.53x the images/s (session 19; no whole run timed yet). A 2-core AMD EPYC with
-    # AVX-512 and AVX512_BF16 (session 22) ran the whole profile in 440 s in float32 and 313 s in bf16,
-    # the "auto" there. A 2-core AMD EPYC with AVX2 only trains 86.8 img/s in float32 (session 20:
+    # AVX-512 and AVX512_BF16 (session 22) ran the whole profile in 439-440 s in float32 and 313-338 s
+    # in bf16, the "auto" there. A 2-core AMD EPYC with AVX2 only trains 86.8 img/s in float32 (session 20:
     # about 22 minutes for these steps); the AMD EPYC of sessions 5-11 was about 3.5x slower than the
     # Xeon. The recipe is the recipe study's winner (docs/RESULTS.md, sessions 13-17): the cosine noise
     # schedule, a cosine learning-rate decay from 2e-3, one t per stratum of [0, T) in each batch,
@@ -244,7 +244,7 @@ PROFILES = {
     "ci": Profile(_ci, "any CPU, for tests and CI", 0.5,
                   NotebookSizes(quick=True, num_images=8, sampler_steps=10, ddpm_steps=25, eval_samples=100,
                                 gif_frames=8)),
-    "cpu": Profile(_cpu, "a 2-core Intel Xeon (5 on a 2-core AMD EPYC with AVX512_BF16, 20 on one with AVX2 only)",
+    "cpu": Profile(_cpu, "a 2-core Intel Xeon (5-6 on a 2-core AMD EPYC with AVX512_BF16, 20 on one with AVX2 only)",
                    10.0),
     "t4": Profile(_t4, "a Colab T4 GPU (a goal: an H100 took 5.1)", 5.0),
 }
