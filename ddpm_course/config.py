@@ -244,7 +244,7 @@ PROFILES = {
     "ci": Profile(_ci, "any CPU, for tests and CI", 0.5,
                   NotebookSizes(quick=True, num_images=8, sampler_steps=10, ddpm_steps=25, eval_samples=100,
                                 gif_frames=8)),
-    "cpu": Profile(_cpu, "a 2-core Intel Xeon (5-6 on a 2-core AMD EPYC with AVX512_BF16, 20 on one with AVX2 only)",
+    "cpu": Profile(_cpu, "a 2-core Intel Xeon (5-6 on a 2-core AMD EPYC with AVX512_BF16, 22-24 on one with AVX2 only)",
                    10.0),
     "t4": Profile(_t4, "a Colab T4 GPU (a goal: an H100 took 5.1)", 5.0),
 }

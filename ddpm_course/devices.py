@@ -34,8 +34,8 @@ def describe_machine(device: torch.device) -> str:
     """A short description of where training ran, for checkpoints and model cards.
 
     On the CPU it names the processor, the vector units torch uses and its bf16 units, e.g. "2-core
-    AMD EPYC CPU (x86_64, AVX2)" or "(x86_64, AVX512, AVX512_BF16)": two 2-core machines of this
-    project differ by 2-3.5x in training speed."""
+    AMD EPYC CPU (x86_64, AVX2)" or "(x86_64, AVX512, AVX512_BF16)": the 2-core machines of this
+    project differ by up to 5x in training speed."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} GPU"
     if device.type != "cpu":
