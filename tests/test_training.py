@@ -455,6 +455,10 @@ def test_amx_is_asked_of_torch_then_of_the_cpu_flags(monkeypatch):
     assert devices.cpu_has_amx() is False and devices.cpu_has_bf16_units() is True   # AMD Zen 4/5: AVX512_BF16
     monkeypatch.setattr(devices, "_cpu_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": False})
     assert devices.cpu_has_bf16_units() is False               # torch's answer wins again
+    cpu = torch.device("cpu")
+    assert devices.resolve_precision("auto", cpu) == "no"     # "auto" follows the flags end to end
+    monkeypatch.setattr(devices, "_cpu_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": True})
+    assert devices.resolve_precision("auto", cpu) == "bf16"
     monkeypatch.setattr(devices.platform, "processor", lambda: "")
     assert devices.cpu_model_name() == devices.platform.machine()     # nobody names it: the architecture
     monkeypatch.setattr(devices, "_cpu_capabilities", lambda: {"cpu_name": " Some CPU 9000 "})
