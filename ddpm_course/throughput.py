@@ -73,10 +73,10 @@ def peak_conv_flops(device, channels: int = 256, size: int = 32, batch: int = 16
     """The median FLOP/s of a 3x3 convolution, ``channels`` in and out, on (batch, channels, size,
     size) channels-last inputs (2 * 9 * channels^2 * size^2 * batch operations each).
 
-    On the CPU convolutions run in oneDNN, not in the BLAS that :func:`peak_matmul_flops` measures;
-    where the BLAS skips the widest vector units (Intel's MKL on AMD CPUs with AVX-512 uses its
-    AVX2 kernels), a U-Net's convolutions run faster than the matrix multiply, and this is the peak
-    that they reach on well-shaped work.
+    On the CPU convolutions run in oneDNN, not in the BLAS that :func:`peak_matmul_flops` measures,
+    and the two can differ widely: on a 2-core AMD EPYC with AVX-512, torch's MKL matrix multiply
+    reached 199 GFLOP/s and oneDNN's convolutions 514 (docs/RESULTS.md, session 22), so a U-Net's
+    own convolutions beat the matrix multiply there. This is the peak they reach on well-shaped work.
     """
     check_int("channels", channels, minimum=1)
     check_int("size", size, minimum=1)
