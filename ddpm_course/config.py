@@ -180,13 +180,14 @@ def _cpu() -> TrainConfig:
     # 559-588 s there, when 1550 took up to 606 s). That Xeon has AMX, where mixed_precision="auto" now
     # trains in bf16 at 1.53x the images/s (session 19; no whole run timed yet). A 2-core AMD EPYC with
     # AVX-512 and AVX512_BF16 (session 22) ran the whole profile in 439-440 s in float32 and 313-338 s
-    # in bf16, the "auto" there. A 2-core AMD EPYC with AVX2 only trains 86.8 img/s in float32 (session 20:
-    # about 22 minutes for these steps); the AMD EPYC of sessions 5-11 was about 3.5x slower than the
-    # Xeon. The recipe is the recipe study's winner (docs/RESULTS.md, sessions 13-17): the cosine noise
-    # schedule, a cosine learning-rate decay from 2e-3, one t per stratum of [0, T) in each batch,
-    # guidance 1.5 when sampling. What was tried at this budget and not kept, each with its numbers and
-    # a link to its commands: the table "The `cpu` profile's recipe study in one table" in
-    # docs/RESULTS.md (sessions 8-22).
+    # in bf16, the "auto" there; that EPYC was a Zen 5 (family 26). A Zen 4 one (family 25, session 24)
+    # took 632 s in bf16, which trained 1.39x its float32 images/s. A 2-core AMD EPYC with AVX2 only
+    # trains 86.8 img/s in float32 (session 20: about 22 minutes for these steps); the AMD EPYC of
+    # sessions 5-11 was about 3.5x slower than the Xeon. The recipe is the recipe study's winner
+    # (docs/RESULTS.md, sessions 13-17): the cosine noise schedule, a cosine learning-rate decay from
+    # 2e-3, one t per stratum of [0, T) in each batch, guidance 1.5 when sampling. What was tried at
+    # this budget and not kept, each with its numbers and a link to its commands: the table "The `cpu`
+    # profile's recipe study in one table" in docs/RESULTS.md (sessions 8-24).
     return TrainConfig(
         model=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                          attention_resolutions=(7,), num_classes=10),
@@ -244,8 +245,8 @@ PROFILES = {
     "ci": Profile(_ci, "any CPU, for tests and CI", 0.5,
                   NotebookSizes(quick=True, num_images=8, sampler_steps=10, ddpm_steps=25, eval_samples=100,
                                 gif_frames=8)),
-    "cpu": Profile(_cpu, "a 2-core Intel Xeon (5-6 on a 2-core AMD EPYC with AVX512_BF16, 22-24 on one with AVX2 only)",
-                   10.0),
+    "cpu": Profile(_cpu, "a 2-core Intel Xeon (5-6 on a 2-core AMD EPYC Zen 5, 10.5 on a Zen 4, both in bf16; "
+                         "22-24 on one with AVX2 only)", 10.0),
     "t4": Profile(_t4, "a Colab T4 GPU (a goal: an H100 took 5.1)", 5.0),
 }
 

@@ -109,7 +109,8 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     docs/RESULTS.md, sessions 16 and 19): on a 2-core Intel Xeon with AMX the ``cpu`` profile trains
     1.5x as many images per second under bf16 autocast as in float32 (session 19); on a 2-core AMD
     EPYC with AVX512_BF16 the whole 1500-step run took 313-338 s against 439-440 s (1.3-1.4x, two
-    training seeds each) and its models judged alike (session 22). CPUs without either keep float32:
+    training seeds each) and its models judged alike (session 22; a Zen 5), and on a Zen 4 one bf16
+    trained 1.39x the float32 images/s (session 24). CPUs without either keep float32:
     on a 2-core AMD EPYC with AVX2 only, bf16 autocast trained 8.0 images per second against 86.8 in
     float32 (0.09x, session 20)."""
     if device.type != "cuda":
