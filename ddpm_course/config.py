@@ -181,7 +181,7 @@ def _cpu() -> TrainConfig:
     # trains in bf16 at 1.53x the images/s (session 19; no whole run timed yet). A 2-core AMD EPYC with
     # AVX-512 and AVX512_BF16 (session 22) ran the whole profile in 439-440 s in float32 and 313-338 s
     # in bf16, the "auto" there; that EPYC was a Zen 5 (family 26). A Zen 4 one (family 25, session 24)
-    # took 632 s in bf16, which trained 1.39x its float32 images/s. A 2-core AMD EPYC with AVX2 only
+    # took 632-720 s in bf16, which trained 1.39x its float32 images/s. A 2-core AMD EPYC with AVX2 only
     # trains 86.8 img/s in float32 (session 20: about 22 minutes for these steps); the AMD EPYC of
     # sessions 5-11 was about 3.5x slower than the Xeon. The recipe is the recipe study's winner
     # (docs/RESULTS.md, sessions 13-17): the cosine noise schedule, a cosine learning-rate decay from
@@ -245,7 +245,7 @@ PROFILES = {
     "ci": Profile(_ci, "any CPU, for tests and CI", 0.5,
                   NotebookSizes(quick=True, num_images=8, sampler_steps=10, ddpm_steps=25, eval_samples=100,
                                 gif_frames=8)),
-    "cpu": Profile(_cpu, "a 2-core Intel Xeon (5-6 on a 2-core AMD EPYC Zen 5, 10.5 on a Zen 4, both in bf16; "
+    "cpu": Profile(_cpu, "a 2-core Intel Xeon (5-6 on a 2-core AMD EPYC Zen 5, 10.5-12 on a Zen 4, both in bf16; "
                          "22-24 on one with AVX2 only)", 10.0),
     "t4": Profile(_t4, "a Colab T4 GPU (a goal: an H100 took 5.1)", 5.0),
 }
