@@ -180,14 +180,14 @@ def _cpu() -> TrainConfig:
     # 559-588 s there, when 1550 took up to 606 s). That Xeon has AMX, where mixed_precision="auto" now
     # trains in bf16 at 1.53x the images/s (session 19; no whole run timed yet). A 2-core AMD EPYC with
     # AVX-512 and AVX512_BF16 (session 22) ran the whole profile in 439-440 s in float32 and 313-338 s
-    # in bf16, the "auto" there; that EPYC was a Zen 5 (family 26). A Zen 4 one (family 25, session 24)
+    # in bf16, the "auto" there; that EPYC was a Zen 5 (family 26). A Zen 4 one (family 25, sessions 24-25)
     # took 632-720 s in bf16, which trained 1.39x its float32 images/s. A 2-core AMD EPYC with AVX2 only
     # trains 86.8 img/s in float32 (session 20: about 22 minutes for these steps); the AMD EPYC of
     # sessions 5-11 was about 3.5x slower than the Xeon. The recipe is the recipe study's winner
     # (docs/RESULTS.md, sessions 13-17): the cosine noise schedule, a cosine learning-rate decay from
     # 2e-3, one t per stratum of [0, T) in each batch, guidance 1.5 when sampling. What was tried at
     # this budget and not kept, each with its numbers and a link to its commands: the table "The `cpu`
-    # profile's recipe study in one table" in docs/RESULTS.md (sessions 8-24).
+    # profile's recipe study in one table" in docs/RESULTS.md (sessions 8-25).
     return TrainConfig(
         model=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                          attention_resolutions=(7,), num_classes=10),
