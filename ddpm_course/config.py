@@ -23,7 +23,7 @@ from ._checks import check_choice, check_float, check_int
 from .unet import UNetConfig
 
 SCHEDULES = ("linear", "cosine")
-OPTIMIZERS = ("adamw", "adam")
+OPTIMIZERS = ("adamw", "adam", "muon")  # "muon": Muon for hidden layers, AdamW for the rest (ddpm_course.optim)
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 TRAIN_SPLITS = ("auto", "train", "test")
 LOSS_TYPES = ("mse", "l1")    # the per-pixel error of the noise-prediction loss (ddpm_course.losses)
@@ -47,7 +47,8 @@ class TrainConfig:
     warmup_steps: int = 200       # linear warm-up from 0 to lr; then lr_schedule
     lr_schedule: str = "constant"  # "constant" (a run can be extended), or "cosine": decays to 0 at max_steps
     weight_decay: float = 0.0     # AdamW weight decay
-    optimizer: str = "adamw"      # "adamw" or "adam"
+    optimizer: str = "adamw"      # "adamw", "adam", or "muon": Muon for the hidden layers' weights, AdamW for the rest
+    muon_lr_scale: float | None = None  # optimizer="muon" only: Muon's lr / lr (None: 5)
     adam_beta2: float = 0.999     # the optimiser's second-moment decay (Adam's beta2); lower adapts faster
     max_steps: int = 5000         # optimisation steps in all (a resumed run continues to this)
     grad_clip: float | None = 1.0  # clip the gradient norm to this (None = no clipping)
@@ -108,6 +109,14 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.lr_schedule='cosine' decays the lr after the warm-up, but warmup_steps="
                 f"{self.warmup_steps} >= max_steps={self.max_steps} leaves no steps to decay over")
+        if self.muon_lr_scale is not None:
+            check_float("TrainConfig.muon_lr_scale", self.muon_lr_scale, minimum=0.0, open_min=True)
+            if self.optimizer != "muon":
+                raise ValueError(f"TrainConfig.muon_lr_scale={self.muon_lr_scale} scales Muon's learning rate, but "
+                                 f"optimizer={self.optimizer!r}; set optimizer='muon' or muon_lr_scale=None")
+        if self.optimizer == "muon" and self.fused_optimizer:
+            raise ValueError("TrainConfig.fused_optimizer=True fuses AdamW's update, but optimizer='muon' has no fused "
+                             "kernel; set fused_optimizer=False or optimizer='adamw'")
         if self.guidance is not None:
             check_float("TrainConfig.guidance", self.guidance, minimum=0.0)
             if self.model.num_classes is None:

@@ -33,6 +33,7 @@ from .distributed import barrier, init_distributed, launch_context, mean_over_ra
 from .ema import EMA
 from .files import check_writable_folder, folder_lock, remove_stale_temporaries
 from .losses import diffusion_loss
+from .optim import MUON_LR_SCALE, MuonAdamW, muon_parameters
 from .schedules import NoiseSchedule
 from .stopping import TrainingInterrupted, deferred_signals
 from .unet import UNet
@@ -131,7 +132,12 @@ def _restore_rng(state: dict, noise_gen: torch.Generator, config: TrainConfig, s
 
 
 def _optimizer(opt, model: torch.nn.Module, config: TrainConfig, device: torch.device):
-    """AdamW or Adam over the model's parameters; fused into one kernel when ``fused_optimizer``."""
+    """AdamW or Adam over the model's parameters, fused into one kernel when ``fused_optimizer``; or,
+    with ``optimizer="muon"``, Muon for the hidden layers' weights and AdamW for the rest."""
+    if config.optimizer == "muon":
+        return MuonAdamW(*muon_parameters(model), lr=config.lr, betas=(0.9, config.adam_beta2),
+                         weight_decay=config.weight_decay,
+                         muon_lr_scale=MUON_LR_SCALE if config.muon_lr_scale is None else config.muon_lr_scale)
     fused = {"fused": True} if config.fused_optimizer else {}
     try:
         return opt(model.parameters(), lr=config.lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay,
@@ -223,8 +229,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:    # the config says how to run, not the checkpoint
-            group["fused"] = True if self.config.fused_optimizer else None
+        if self.config.optimizer != "muon":           # MuonAdamW has no fused kernel to switch
+            for group in self.optimizer.param_groups:    # the config says how to run, not the checkpoint
+                group["fused"] = True if self.config.fused_optimizer else None
         self.scaler.load_state_dict(state["scaler"])
         self.step = self.saved_step = int(state["step"])
         self.history = [tuple(h) for h in state.get("history", [])]

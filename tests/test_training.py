@@ -75,6 +75,7 @@ def test_resume_is_exact(tiny_config, tmp_path, channels_last):
 
 @pytest.mark.parametrize("recipe", [
     {}, dict(fused_optimizer=True), dict(lr_schedule="cosine", timesteps="stratified"),
+    dict(optimizer="muon", muon_lr_scale=3.0, weight_decay=0.01),
 ])
 def test_interrupted_run_keeps_its_work_and_resumes_exactly(tiny_config, tmp_path, recipe):
     tiny_config = tiny_config.replace(**recipe)
@@ -334,6 +335,10 @@ def test_split_auto_falls_back_to_test_and_says_so(tiny_config, tmp_path):
     (dict(adam_beta2=1.0), "TrainConfig.adam_beta2 must be < 1"),
     (dict(model=dict(num_classes=None)), "p_uncond=0.2 drops labels"),
     (dict(guidance=-1.0), "TrainConfig.guidance must be >= 0"),
+    (dict(optimizer="sgd"), r"TrainConfig.optimizer must be one of \['adamw', 'adam', 'muon'\], got 'sgd'"),
+    (dict(muon_lr_scale=5.0), r"TrainConfig.muon_lr_scale=5.0 scales Muon's .*='adamw'; set optimizer='muon'"),
+    (dict(optimizer="muon", muon_lr_scale=0.0), "TrainConfig.muon_lr_scale must be > 0"),
+    (dict(optimizer="muon", fused_optimizer=True), "fused_optimizer=True fuses AdamW's update, but optimizer='muon'"),
     (dict(model=dict(num_classes=None), p_uncond=0.0, guidance=1.5),
      r"TrainConfig.guidance=1.5 is the classifier-free guidance scale .* unconditional .* set guidance=None"),
 ])
