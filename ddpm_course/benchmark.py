@@ -30,6 +30,7 @@ from .evaluation import evaluate_checkpoint
 from .evaluator import evaluator_for, load_evaluator
 from .files import atomic_write_json, atomic_write_text
 from .losses import diffusion_loss
+from .optim import MUON_LR_SCALE
 from .sampling import SAMPLERS
 from .schedules import NoiseSchedule
 from .training import Trainer, train
@@ -277,7 +278,7 @@ def profiles_table(*, flops: bool = False, measure: int = 0, device: str = "auto
     profile; with ``flops`` the training FLOPs and the minutes they imply at the rate the ``t4``
     profile sustained on an H100 (:data:`H100_T4_PROFILE_FLOPS`; a lower bound for a T4); with
     ``measure`` the training images/s over about ``measure`` steps of 64 images."""
-    header = "| profile | parameters | T | schedule | lr | batch | steps | guidance | budget |"
+    header = "| profile | parameters | T | schedule | optimiser | lr | batch | steps | guidance | budget |"
     if flops:
         header += (f" train GFLOP/image | PFLOP per run | minutes at {H100_T4_PROFILE_FLOPS / 1e12:.1f} TFLOP/s "
                    "(the `t4` profile's rate on an H100; a T4 is slower) |")
@@ -289,8 +290,10 @@ def profiles_table(*, flops: bool = False, measure: int = 0, device: str = "auto
     for name, profile in PROFILES.items():
         cfg = get_profile(name)
         guidance = recommended_sampling(cfg.model.num_classes, cfg.guidance)["guidance_scale"]
+        optimiser = (f"Muon (lr x {cfg.muon_lr_scale or MUON_LR_SCALE:g}) + AdamW" if cfg.optimizer == "muon"
+                     else {"adamw": "AdamW", "adam": "Adam"}[cfg.optimizer])
         line = (f"| `{name}` | {UNet(cfg.model).num_parameters() / 1e6:.2f}M | {cfg.T} | {cfg.schedule} | "
-                f"{cfg.lr:g}, {cfg.lr_schedule} | {cfg.batch_size} | {cfg.max_steps} | "
+                f"{optimiser} | {cfg.lr:g}, {cfg.lr_schedule} | {cfg.batch_size} | {cfg.max_steps} | "
                 f"{guidance:g} | "
                 f"{profile.budget_minutes:g} min on {profile.machine} |")
         if flops:
