@@ -1,4 +1,5 @@
-"""Muon for the U-Net's hidden layers, AdamW for the rest: the ``cpu`` profile's optimiser.
+"""The optimisers a TrainConfig names (:func:`make_optimizer`): AdamW, Adam, and Muon for the
+U-Net's hidden layers with AdamW for the rest, the ``cpu`` profile's optimiser.
 
 Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers in neural networks") keeps a
 Nesterov momentum of each weight matrix's gradient, like SGD, but steps along an orthogonalised
@@ -120,3 +121,23 @@ class MuonAdamW(torch.optim.Optimizer):
             state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
             denom = (state["exp_avg_sq"] / (1 - beta2 ** step)).sqrt_().add_(group["eps"])
             p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1 ** step))
+
+
+def make_optimizer(model: nn.Module, config, device: torch.device) -> torch.optim.Optimizer:
+    """The optimiser ``config`` (a TrainConfig) names for ``model``: AdamW or Adam over all its
+    parameters, fused into one kernel when ``fused_optimizer``; or, with ``optimizer="muon"``,
+    :class:`MuonAdamW` (Muon for the hidden layers' weights, AdamW for the rest)."""
+    if config.optimizer == "muon":
+        scale = MUON_LR_SCALE if config.muon_lr_scale is None else config.muon_lr_scale
+        return MuonAdamW(*muon_parameters(model), lr=config.lr, betas=(0.9, config.adam_beta2),
+                         weight_decay=config.weight_decay, muon_lr_scale=scale)
+    opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    fused = {"fused": True} if config.fused_optimizer else {}
+    try:
+        return opt(model.parameters(), lr=config.lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay,
+                   **fused)
+    except (RuntimeError, TypeError, ValueError) as error:
+        if not fused:
+            raise
+        raise ValueError(f"TrainConfig.fused_optimizer=True is not supported by torch {torch.__version__} on "
+                         f"device {device} ({error}); set fused_optimizer=False (the default)") from None

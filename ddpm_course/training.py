@@ -33,7 +33,7 @@ from .distributed import barrier, init_distributed, launch_context, mean_over_ra
 from .ema import EMA
 from .files import check_writable_folder, folder_lock, remove_stale_temporaries
 from .losses import diffusion_loss
-from .optim import MUON_LR_SCALE, MuonAdamW, muon_parameters
+from .optim import make_optimizer
 from .schedules import NoiseSchedule
 from .stopping import TrainingInterrupted, deferred_signals
 from .unet import UNet
@@ -131,24 +131,6 @@ def _restore_rng(state: dict, noise_gen: torch.Generator, config: TrainConfig, s
             "noise stream is re-seeded, so this resume is not bit-exact.")
 
 
-def _optimizer(opt, model: torch.nn.Module, config: TrainConfig, device: torch.device):
-    """AdamW or Adam over the model's parameters, fused into one kernel when ``fused_optimizer``; or,
-    with ``optimizer="muon"``, Muon for the hidden layers' weights and AdamW for the rest."""
-    if config.optimizer == "muon":
-        return MuonAdamW(*muon_parameters(model), lr=config.lr, betas=(0.9, config.adam_beta2),
-                         weight_decay=config.weight_decay,
-                         muon_lr_scale=MUON_LR_SCALE if config.muon_lr_scale is None else config.muon_lr_scale)
-    fused = {"fused": True} if config.fused_optimizer else {}
-    try:
-        return opt(model.parameters(), lr=config.lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay,
-                   **fused)
-    except (RuntimeError, TypeError, ValueError) as error:
-        if not fused:
-            raise
-        raise ValueError(f"TrainConfig.fused_optimizer=True is not supported by torch {torch.__version__} on "
-                         f"device {device} ({error}); set fused_optimizer=False (the default)") from None
-
-
 class Trainer:
     """The state of one training run: model, EMA, optimizer, scaler, data and generators."""
 
@@ -183,8 +165,7 @@ class Trainer:
         self.schedule = NoiseSchedule.from_name(config.schedule, config.T).to(self.device)
         if config.compile:
             self.net = torch.compile(self.net)
-        opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = _optimizer(opt, self.model, config, self.device)
+        self.optimizer = make_optimizer(self.model, config, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.batches = DeviceBatches(self.data, config.batch_size, self.device, seed=config.seed)
