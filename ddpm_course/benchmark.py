@@ -30,7 +30,7 @@ from .evaluation import evaluate_checkpoint
 from .evaluator import evaluator_for, load_evaluator
 from .files import atomic_write_json, atomic_write_text
 from .losses import diffusion_loss
-from .optim import MUON_LR_SCALE
+from .optim import describe_optimizer
 from .sampling import SAMPLERS
 from .schedules import NoiseSchedule
 from .training import Trainer, train
@@ -290,10 +290,8 @@ def profiles_table(*, flops: bool = False, measure: int = 0, device: str = "auto
     for name, profile in PROFILES.items():
         cfg = get_profile(name)
         guidance = recommended_sampling(cfg.model.num_classes, cfg.guidance)["guidance_scale"]
-        optimiser = (f"Muon (lr x {cfg.muon_lr_scale or MUON_LR_SCALE:g}) + AdamW" if cfg.optimizer == "muon"
-                     else {"adamw": "AdamW", "adam": "Adam"}[cfg.optimizer])
         line = (f"| `{name}` | {UNet(cfg.model).num_parameters() / 1e6:.2f}M | {cfg.T} | {cfg.schedule} | "
-                f"{optimiser} | {cfg.lr:g}, {cfg.lr_schedule} | {cfg.batch_size} | {cfg.max_steps} | "
+                f"{describe_optimizer(cfg)} | {cfg.lr:g}, {cfg.lr_schedule} | {cfg.batch_size} | {cfg.max_steps} | "
                 f"{guidance:g} | "
                 f"{profile.budget_minutes:g} min on {profile.machine} |")
         if flops:

@@ -123,14 +123,24 @@ class MuonAdamW(torch.optim.Optimizer):
             p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1 ** step))
 
 
+def _muon_lr_scale(config) -> float:
+    return MUON_LR_SCALE if config.muon_lr_scale is None else config.muon_lr_scale
+
+
+def describe_optimizer(config) -> str:
+    """The optimiser a TrainConfig names, in words: "AdamW", "Adam" or "Muon (lr x 5) + AdamW"."""
+    if config.optimizer == "muon":
+        return f"Muon (lr x {_muon_lr_scale(config):g}) + AdamW"
+    return {"adamw": "AdamW", "adam": "Adam"}[config.optimizer]
+
+
 def make_optimizer(model: nn.Module, config, device: torch.device) -> torch.optim.Optimizer:
     """The optimiser ``config`` (a TrainConfig) names for ``model``: AdamW or Adam over all its
     parameters, fused into one kernel when ``fused_optimizer``; or, with ``optimizer="muon"``,
     :class:`MuonAdamW` (Muon for the hidden layers' weights, AdamW for the rest)."""
     if config.optimizer == "muon":
-        scale = MUON_LR_SCALE if config.muon_lr_scale is None else config.muon_lr_scale
         return MuonAdamW(*muon_parameters(model), lr=config.lr, betas=(0.9, config.adam_beta2),
-                         weight_decay=config.weight_decay, muon_lr_scale=scale)
+                         weight_decay=config.weight_decay, muon_lr_scale=_muon_lr_scale(config))
     opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     fused = {"fused": True} if config.fused_optimizer else {}
     try:

@@ -210,8 +210,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.config.optimizer != "muon":           # MuonAdamW has no fused kernel to switch
-            for group in self.optimizer.param_groups:    # the config says how to run, not the checkpoint
+        for group in self.optimizer.param_groups:    # the config says how to run, not the checkpoint
+            if "fused" in group:                      # torch's AdamW and Adam (MuonAdamW has no fused kernel)
                 group["fused"] = True if self.config.fused_optimizer else None
         self.scaler.load_state_dict(state["scaler"])
         self.step = self.saved_step = int(state["step"])
