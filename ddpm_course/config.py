@@ -185,26 +185,26 @@ def _ci() -> TrainConfig:
 
 
 def _cpu() -> TrainConfig:
-    # Sized to 10 minutes on the 2-core Intel Xeon of sessions 12-18 in float32 (1500 steps took
-    # 559-588 s there, when 1550 took up to 606 s). That Xeon has AMX, where mixed_precision="auto" now
-    # trains in bf16 at 1.53x the images/s (session 19; no whole run timed yet). A 2-core AMD EPYC with
-    # AVX-512 and AVX512_BF16 (session 22) ran the whole profile in 439-440 s in float32 and 313-338 s
-    # in bf16, the "auto" there; that EPYC was a Zen 5 (family 26). A Zen 4 one (family 25, sessions
-    # 24-26) took 593-720 s in bf16 (AdamW and Muon alike), which trained 1.39x its float32 images/s. A
-    # 2-core AMD EPYC with AVX2 only trains 86.8 img/s in float32 (session 20: about 22 minutes for these
-    # steps); the AMD EPYC of sessions 5-11 was about 3.5x slower than the Xeon. The recipe is the recipe study's winner
-    # (docs/RESULTS.md, sessions 13-26): the cosine noise schedule, a cosine learning-rate decay from
-    # 2e-3, one t per stratum of [0, T) in each batch, and (session 26) Muon at 5x that learning rate for
-    # the hidden layers' weights with AdamW for the rest, which fits the training images more closely
-    # in the same steps and lets the samples need less guidance (1.4). What was tried at this budget and
-    # not kept, each with its numbers and a link to its commands: the table "The `cpu` profile's recipe
-    # study in one table" in docs/RESULTS.md (sessions 8-26).
+    # Sized to 10 minutes on the slowest 2-core machine that trains in bf16 so far, an AMD EPYC Zen 4
+    # (family 25, AVX512_BF16; sessions 24-27): there 1350 steps took 578-590 s (session 27), 1300 steps
+    # 540-602 s, and 1500 steps 612-694 s (session 26), so 1500 no longer fit. The same 1500 steps took
+    # 559-588 s in float32 on the 2-core Intel Xeon of sessions 12-18 (it has AMX, where "auto" now
+    # trains in bf16 at 1.53x the images/s) and 313-338 s in bf16 on a Zen 5 (family 26, session 22);
+    # a 2-core AMD EPYC with AVX2 only trains 86.8 img/s in float32 (session 20: about 22 minutes for
+    # 1500 steps). The recipe is the recipe study's winner (docs/RESULTS.md, sessions 13-27): the
+    # cosine noise schedule, a cosine learning-rate decay from 2e-3, one t per stratum of [0, T) in
+    # each batch, and (session 26) Muon at 5x that learning rate for the hidden layers' weights with
+    # AdamW for the rest, which fits the training images more closely in the same steps and lets the
+    # samples need less guidance (1.4). Session 27 found 1350 steps judged no worse than 1500 over
+    # four training seeds. What was tried at this budget and not kept, each with its numbers and a
+    # link to its commands: the table "The `cpu` profile's recipe study in one table" in
+    # docs/RESULTS.md (sessions 8-27).
     return TrainConfig(
         model=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                          attention_resolutions=(7,), num_classes=10),
         T=1000, schedule="cosine", batch_size=64, lr=2e-3, warmup_steps=100, lr_schedule="cosine",
         optimizer="muon", muon_lr_scale=5.0,
-        timesteps="stratified", max_steps=1500, ema_decay=0.995, guidance=1.4,
+        timesteps="stratified", max_steps=1350, ema_decay=0.995, guidance=1.4,
         checkpoint_every=500, log_every=50, out_dir="runs/cpu",
         channels_last=True,  # measured: 1.16x training images/s on the 2-core development CPU
     )
@@ -257,8 +257,8 @@ PROFILES = {
     "ci": Profile(_ci, "any CPU, for tests and CI", 0.5,
                   NotebookSizes(quick=True, num_images=8, sampler_steps=10, ddpm_steps=25, eval_samples=100,
                                 gif_frames=8)),
-    "cpu": Profile(_cpu, "a 2-core Intel Xeon (5-6 on a 2-core AMD EPYC Zen 5, 10-12 on a Zen 4, both in bf16; "
-                         "22-24 on one with AVX2 only)", 10.0),
+    "cpu": Profile(_cpu, "a 2-core AMD EPYC Zen 4 in bf16 (about 9 on a 2-core Intel Xeon in float32, 5 on a "
+                         "Zen 5 in bf16, 20-22 on a CPU with AVX2 only: their AdamW 1500-step times, scaled)", 10.0),
     "t4": Profile(_t4, "a Colab T4 GPU (a goal: an H100 took 5.1)", 5.0),
 }
 
