@@ -187,18 +187,18 @@ def _ci() -> TrainConfig:
 def _cpu() -> TrainConfig:
     # Sized to 10 minutes on the slowest 2-core machine that trains in bf16 so far, an AMD EPYC Zen 4
     # (family 25, AVX512_BF16; sessions 24-27): there 1350 steps took 553-590 s (session 27), 1300 steps
-    # 540-602 s, and 1500 steps 612-657 s (session 26), so 1500 no longer fit. The AdamW profile's 1500
-    # steps took 559-588 s in float32 on the 2-core Intel Xeon of sessions 12-18 (it has AMX, where "auto" now
-    # trains in bf16 at 1.53x the images/s) and 313-338 s in bf16 on a Zen 5 (family 26, session 22);
+    # 540-602 s, and 1500 steps 612-657 s (session 26), so 1500 no longer fit. The AdamW profile's
+    # 1500 steps took 559-588 s in float32 on the 2-core Intel Xeon of sessions 12-18 (it has AMX,
+    # where "auto" now trains in bf16 at 1.53x the images/s) and 313-338 s in bf16 on a Zen 5 (family 26, session 22);
     # a 2-core AMD EPYC with AVX2 only trains 86.8 img/s in float32 (session 20: about 22 minutes for
     # 1500 steps). The recipe is the recipe study's winner (docs/RESULTS.md, sessions 13-27): the
     # cosine noise schedule, a cosine learning-rate decay from 2e-3, one t per stratum of [0, T) in
     # each batch, and (session 26) Muon at 5x that learning rate for the hidden layers' weights with
     # AdamW for the rest, which fits the training images more closely in the same steps and lets the
     # samples need less guidance (1.4). Session 27 found the same four-seed means at 1350 steps as at
-    # 1500 (the seeds differ by more than the lengths). What was tried at this budget and not kept, each with its numbers and a
-    # link to its commands: the table "The `cpu` profile's recipe study in one table" in
-    # docs/RESULTS.md (sessions 8-27).
+    # 1500 (the seeds differ by more than the lengths). What was tried at this budget and not kept,
+    # each with its numbers and a link to its commands: the table "The `cpu` profile's recipe study
+    # in one table" in docs/RESULTS.md (sessions 8-27).
     return TrainConfig(
         model=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                          attention_resolutions=(7,), num_classes=10),
